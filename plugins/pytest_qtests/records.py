@@ -1,0 +1,128 @@
+"""Typed records that flow through qtests, one direction only.
+
+VariantSpec -> Backend.generate(GenerationRequest[]) -> GenerationRecord[] -> Task.grade -> ItemOutcome[]
+
+Every stage is a plain function over these dataclasses, so each stage can be tested, cached and
+replayed on its own. Records are JSON-friendly (``to_dict``/``from_dict``) because they are cached,
+stored in baselines and written into reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+class QtestsError(Exception):
+    """A user-facing error: one line that names the problem and the fix. Never shown with a traceback."""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One model to evaluate, as given on the command line: ``[LABEL=]PATH_OR_HUB_ID[@REVISION]``."""
+
+    label: str
+    source: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        from pathlib import Path
+
+        return Path(self.source).exists()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings; part of every fingerprint and cache key."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_tokens: int = 256
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """One question of a task. ``item_id`` is the data's own id, else the 0-based row index."""
+
+    item_id: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sample to generate: a prompt already rendered with the model's chat template."""
+
+    item_id: str
+    sample_index: int
+    prompt: str
+    sampling: SamplingParams
+    continuation: str = ""  # partial output to continue from (truncation forensics)
+
+    @property
+    def seed(self) -> int:
+        """Per-sample seed so repeats differ but every re-run reproduces the same sample."""
+        return self.sampling.seed * 1_000_003 + self.sample_index
+
+
+@dataclass
+class GenerationRecord:
+    """What an engine produced for one request; everything later stages need and nothing engine-specific."""
+
+    item_id: str
+    sample_index: int
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: FinishReason
+    thinking_tokens: int = 0
+    thinking_closed: bool = True
+    latency_s: float = 0.0
+    token_ids: list[int] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ItemOutcome:
+    """The graded result of one sample: the unit every statistic is computed from."""
+
+    item_id: str
+    sample_index: int
+    correct: bool
+    truncated: bool
+    output_tokens: int
+    thinking_tokens: int
+    thinking_closed: bool
+    extracted: str | None = None
+    degenerate: bool = False
+    degenerate_reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemOutcome:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
