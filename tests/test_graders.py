@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_qtests.records import QtestsError, TaskItem
+from pytest_qtests.tasks.deadline import DeadlineExceeded, DeadlineWorker
 from pytest_qtests.tasks.graders import (
     Grade,
     answer_part,
@@ -150,6 +153,36 @@ def test_pathological_latex_times_out_as_wrong_instead_of_hanging(pathological: 
     assert grade.correct is False
     # one parse and at most a few comparisons, each capped at 1 s
     assert elapsed < 8, f"grading took {elapsed:.1f} s"
+
+
+def test_unparsable_gold_is_a_data_error() -> None:
+    with pytest.raises(QtestsError, match="item 0: math-verify cannot parse the gold answer ''"):
+        grade_math("\\boxed{1}", item(""))
+
+
+def test_math_grading_works_off_the_main_thread() -> None:
+    """math-verify's signal timeout refuses non-main threads; the worker process has no such limit."""
+    grades: list[Grade] = []
+    worker = threading.Thread(target=lambda: grades.append(grade_math("\\boxed{0.5}", item("\\frac{1}{2}"))))
+    worker.start()
+    worker.join(timeout=120)
+    assert grades == [Grade(True, "\\frac{1}{2}")]
+
+
+def test_deadline_worker_kills_a_call_no_signal_could_stop_and_recovers() -> None:
+    """The hard backstop: a call blocked past its deadline is killed; the next call gets a fresh child."""
+    worker = DeadlineWorker()
+    try:
+        assert worker.call(math.factorial, (5,), deadline_s=60) == 120  # also waits out the child's start
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="sleep ran past 1 s"):
+            worker.call(time.sleep, (600,), deadline_s=1)
+        assert time.monotonic() - started < 5
+        assert worker.call(math.factorial, (6,), deadline_s=60) == 720
+        with pytest.raises(ValueError, match="invalid literal"):
+            worker.call(int, ("x",), deadline_s=60)
+    finally:
+        worker.close()
 
 
 # --- multiple choice -----------------------------------------------------------------------------

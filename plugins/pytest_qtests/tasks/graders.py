@@ -25,11 +25,22 @@ from typing import Callable
 
 from ..records import QtestsError, TaskItem
 from ..thinking import THINK_CLOSE, split_thinking
+from .deadline import DeadlineExceeded, DeadlineWorker
 
 MATH_VERIFY_TIME_LIMIT_S = 3
 """Seconds math-verify may spend on one parse or one comparison (its own signal-based timeout)."""
+MATH_VERIFY_STEPS = 6
+"""Timed steps of one grade: two parses and up to 2x2 comparisons (math-verify returns two readings)."""
 
 CHOICE_LETTERS = "ABCDEFGHIJ"
+
+# The child process that runs math-verify; started on the first math grade, sympy imported up front.
+_MATH_WORKER = DeadlineWorker(preload=("math_verify", __name__))
+
+# math-verify logs every timeout as a warning quoting the whole (possibly huge) input; the wrong grade
+# it turns into already says what happened.
+for _logger_name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_logger_name).setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -168,29 +179,38 @@ def grade_math(answer: str, item: TaskItem, time_limit_s: int = MATH_VERIFY_TIME
 
     The gold is wrapped in ``\\boxed{}`` so math-verify reads all of it; the prediction is searched
     the way math-verify's own evaluations do (boxed first, then any LaTeX or plain expression).
-    ``time_limit_s`` bounds each parse and each comparison (math-verify's own ``signal.alarm``
-    timeout, so grading must run in the main thread); a timeout grades wrong, never hangs.
+    ``time_limit_s`` bounds each parse and each comparison with math-verify's own timeout; the whole
+    call also runs in a child process killed at a hard deadline (see ``deadline.py``), so a
+    pathological answer is graded wrong and never hangs the run, from any thread.
     """
-    from math_verify import parse, verify
-
-    _quiet_math_verify_timeouts()
-    gold = parse(f"$\\boxed{{{item.answer}}}$", parsing_timeout=time_limit_s)
-    if not gold:
+    hard_deadline_s = MATH_VERIFY_STEPS * time_limit_s + 2.0
+    try:
+        correct, extracted = _MATH_WORKER.call(_math_verify, (item.answer, answer, time_limit_s), hard_deadline_s)
+    except DeadlineExceeded:
+        return Grade(correct=False, extracted=None)
+    except _UnparsableGold:
         raise QtestsError(
             f"item {item.item_id}: math-verify cannot parse the gold answer {item.answer!r}; "
             "fix the data's answer field or grade this task numerically"
-        )
+        ) from None
+    return Grade(correct=correct, extracted=extracted)
+
+
+class _UnparsableGold(Exception):
+    """Raised in the child; the parent turns it into a QtestsError naming the item."""
+
+
+def _math_verify(gold_text: str, answer: str, time_limit_s: int) -> tuple[bool, str | None]:
+    """Runs in the worker process: parse both sides, compare, each step under math-verify's timeout."""
+    from math_verify import parse, verify
+
+    gold = parse(f"$\\boxed{{{gold_text}}}$", parsing_timeout=time_limit_s)
+    if not gold:
+        raise _UnparsableGold(gold_text)
     predicted = parse(answer, parsing_timeout=time_limit_s)
     if not predicted:
-        return Grade(correct=False, extracted=None)
-    correct = verify(gold, predicted, timeout_seconds=time_limit_s)
-    return Grade(correct=bool(correct), extracted=str(predicted[-1]))
-
-
-def _quiet_math_verify_timeouts() -> None:
-    """math-verify logs every timeout (with the whole input) as a warning; a wrong grade says enough."""
-    for name in ("math_verify.parser", "math_verify.grader"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        return False, None
+    return bool(verify(gold, predicted, timeout_seconds=time_limit_s)), str(predicted[-1])
 
 
 # --- multiple choice ---------------------------------------------------------------------------

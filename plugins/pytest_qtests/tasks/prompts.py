@@ -1,0 +1,39 @@
+"""Render a task's user message into a prompt with the model's *own* chat template.
+
+Quantized and reference models are compared on identical prompts, and a reasoning model only reasons
+the way it was trained when its template (including the thinking switch) is applied; a hand-written
+prompt format would measure a different model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..records import QtestsError
+from ..thinking import THINK_CLOSE, THINK_OPEN
+
+
+def render_prompt(tokenizer: Any, user_message: str, thinking: bool) -> str:
+    """One user turn through ``tokenizer.apply_chat_template``, generation prompt added.
+
+    ``enable_thinking`` is passed to every template; templates without a thinking switch ignore it.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise QtestsError(
+            f"tokenizer {name} has no chat template; use the model's instruct/chat checkpoint or add a "
+            "chat_template to its tokenizer_config.json"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=thinking,
+    )
+
+
+def prompt_opens_thinking(prompt: str) -> bool:
+    """True when the template pre-filled an open ``<think>`` (Qwen3.5, QwQ): the output then starts
+    inside the thinking block and has no opening tag of its own."""
+    opened = prompt.rfind(THINK_OPEN)
+    return opened >= 0 and prompt.find(THINK_CLOSE, opened) < 0
