@@ -138,9 +138,12 @@ def tango_score_statistic(down: int, up: int, n: int, delta0: float) -> float:
     At ``delta0 = 0`` it equals the asymptotic McNemar statistic ``(up - down) / sqrt(up + down)``.
     """
     q = tango_restricted_mle(down, up, n, delta0)
-    variance = n * (2.0 * q + delta0 - delta0 * delta0)
+    # Since q >= max(0, -delta0), the variance is at least n|delta0|(1 - |delta0|); using that floor
+    # keeps rounding from turning a near-zero bound into a spuriously huge statistic.
+    floor = n * abs(delta0) * (1.0 - abs(delta0))
+    variance = max(n * (2.0 * q + delta0 - delta0 * delta0), floor)
     numerator = up - down - n * delta0
-    if variance <= 1e-15:
+    if variance <= 0.0:
         return 0.0 if numerator == 0 else math.copysign(math.inf, numerator)
     return numerator / math.sqrt(variance)
 
@@ -262,7 +265,7 @@ def quantile_ratio(q: float) -> PairedStatistic:
     def statistic(reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
         ref_q = np.quantile(reference, q, axis=-1)
         var_q = np.quantile(variant, q, axis=-1)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.where(ref_q > 0, var_q / np.where(ref_q > 0, ref_q, 1.0), np.where(var_q > 0, np.inf, 1.0))
         return ratio
 
