@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+
 from pytest_qtests.degeneracy import (
     CALIBRATION,
     DetectorThresholds,
@@ -25,6 +26,8 @@ from pytest_qtests.degeneracy import (
     tail_loop,
 )
 from pytest_qtests.records import QtestsError
+
+# Every property runs with deadline=None: the test machine is shared, so timings say nothing.
 
 ZOO_ALPHABET = string.digits + string.ascii_letters + " \n+-=:.,?!"
 CONTENT_DETECTORS = {
@@ -42,8 +45,9 @@ def zoo_chain(x: int, y: int, wrong_steps: frozenset[int] = frozenset()) -> str:
         a = int(xs[i]) if i < len(xs) else 0
         b = int(ys[i]) if i < len(ys) else 0
         total = a + b + carry
-        if i in wrong_steps:
-            lines.append(f"{(a + 1) % 10}+{b}+{carry}={(a + 1) % 10 + b + carry}\nwait\n")
+        if i in wrong_steps:  # a misread operand digit, then "wait" and the redone step
+            wrong_a = (a + 1 + (7 * i) % 9) % 10
+            lines.append(f"{wrong_a}+{b}+{carry}={wrong_a + b + carry}\nwait\n")
         lines.append(f"{a}+{b}+{carry}={total}\n")
         carry = total // 10
     return "<think>\n" + "".join(lines) + "</think>\nAnswer: " + str(x + y)
@@ -128,6 +132,7 @@ def test_a_variant_that_thinks_far_longer_is_not_flagged_against_a_short_referen
 
 
 @given(ordinary_text)
+@settings(deadline=None)
 def test_ordinary_text_stays_below_the_default_repetition_thresholds(text):
     findings = {f.detector: f for f in assess(text, None, DetectorThresholds(), True).findings}
     for name in ("loop", "ngram_repetition"):
@@ -136,6 +141,7 @@ def test_ordinary_text_stays_below_the_default_repetition_thresholds(text):
 
 
 @given(zoo_outputs())
+@settings(deadline=None)
 def test_calibration_on_zoo_outputs_accepts_fresh_zoo_outputs(text):
     assert flagged(text, ZOO_THRESHOLDS) == set()
     assert flagged(text, ZOO_TOKEN_THRESHOLDS) == set()
@@ -159,6 +165,7 @@ PROSE_THRESHOLDS = calibrate(PROSE_REFERENCE)
 
 
 @given(prose)
+@settings(deadline=None)
 def test_calibration_on_prose_accepts_fresh_prose(text):
     assert flagged(text, PROSE_THRESHOLDS) & CONTENT_DETECTORS == set()
 
@@ -180,6 +187,7 @@ def planted_tail_loops(draw) -> tuple[str, float]:
 
 
 @given(planted_tail_loops())
+@settings(deadline=None)
 def test_planted_tail_loops_are_always_flagged(case):
     text, coverage = case
     assert coverage >= 0.6
@@ -191,6 +199,7 @@ def test_planted_tail_loops_are_always_flagged(case):
 
 
 @given(ordinary_text, st.text(ZOO_ALPHABET, min_size=1, max_size=20), st.data())
+@settings(deadline=None)
 def test_loops_inside_the_output_are_caught_by_ngram_repetition(prefix, unit, data):
     """A loop the model escapes from (then answers) is not at the end; repeated spans still show it."""
     answer = "\n</think>\nAnswer: 42"
@@ -214,7 +223,7 @@ def test_tail_loop_reports_unit_period_and_partial_last_unit():
 @pytest.mark.parametrize("thresholds", [ZOO_THRESHOLDS, ZOO_TOKEN_THRESHOLDS, DetectorThresholds()],
                          ids=["zoo-chars", "zoo-tokens", "defaults"])
 @given(char=st.sampled_from("!+"), length=st.integers(64, 1024))
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_single_character_floods_are_flagged_as_loop_and_run(thresholds, char, length):
     verdict = assess(char * length, [ord(char)] * length, thresholds, answer_found=False, truncated=True)
     names = {f.detector for f in verdict.findings if f.flagged}
@@ -232,6 +241,7 @@ def test_empty_answers_are_flagged_as_empty(text):
 
 
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(150, 600))
+@settings(deadline=None)
 def test_random_characters_are_flagged_as_high_entropy(seed, length):
     rng = random.Random(seed)
     soup = "".join(rng.choice(ZOO_ALPHABET) for _ in range(length))
@@ -239,6 +249,7 @@ def test_random_characters_are_flagged_as_high_entropy(seed, length):
 
 
 @given(zoo_outputs(), st.floats(0.05, 0.9), st.integers(0, 2**32 - 1))
+@settings(deadline=None)
 def test_replacement_characters_are_flagged(text, share, seed):
     rng = random.Random(seed)
     broken = "".join("\ufffd" if rng.random() < share else c for c in text)
