@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-
 from pytest_qtests.degeneracy import (
     CALIBRATION,
     DetectorThresholds,
@@ -257,7 +256,8 @@ def test_replacement_characters_are_flagged(text, share, seed):
     assert "replacement_chars" in flagged(broken, ZOO_THRESHOLDS)
 
 
-@pytest.mark.parametrize("foreign, script", [("привет мир это тест", "CYRILLIC"), ("这是一个测试答案", "CJK")])
+@pytest.mark.parametrize("foreign, script", [("привет мир это тест", "CYRILLIC"),
+                                             ("这是一个测试答案", "CJK")])
 def test_scripts_never_seen_in_the_reference_are_flagged_by_name(foreign, script):
     verdict = assess(f"<think>\n{foreign}\n</think>\nAnswer: 5", None, ZOO_THRESHOLDS, True)
     assert any(r.startswith("unexpected script:") and script in r for r in verdict.reasons)

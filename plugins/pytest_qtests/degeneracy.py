@@ -226,7 +226,7 @@ def windows(text: str, size: int = WINDOW_CHARS) -> list[str]:
     """Consecutive ``size``-character windows aligned to the end of ``text`` (the first may be shorter).
 
     Compressibility and repeated spans grow with length even in normal text (a long zoo chain repeats
-    its steps and compresses 5x at 17,000 characters, 2.4x per 1,024), so they are measured per window
+    its steps and compresses 5x at 17,000 characters, under 3x per 1,024), so they are measured per window
     and the worst window counts: a long output is then held to the same limit as a short reference.
     """
     return [text[max(0, end - size):end] for end in range(len(text), 0, -size)] or [""]
