@@ -253,6 +253,33 @@ def test_fused_3d_experts(tmp_path):
     assert class_formats(report) == {ROUTED_EXPERTS: "bf16", SHARED_EXPERT: "bf16", ROUTER: "bf16"}
 
 
+# --- real auto-round 0.16.1 export layouts (headers recorded from actual exports) ---------------
+
+REAL_CLASS_FORMATS = {
+    "autoround-int4": {SHARED_EXPERT: "int4", LINEAR_ATTN: "int4 (6) + fp32 (3)", ROUTER: "fp32", SELF_ATTN: "int4"},
+    "autoround-int4-keep": {SHARED_EXPERT: "fp32", LINEAR_ATTN: "fp32", ROUTED_EXPERTS: "int4", SELF_ATTN: "int4"},
+    "gptq-int4": {SHARED_EXPERT: "int4", LINEAR_ATTN: "int4 (6) + fp32 (3)", SHARED_EXPERT_GATE: "fp32"},
+    "ct-nvfp4": {SHARED_EXPERT: "nvfp4", LINEAR_ATTN: "nvfp4", ROUTER: "fp32", LM_HEAD: "fp32"},
+    "ct-mxfp4": {SHARED_EXPERT: "mxfp4", LINEAR_ATTN: "mxfp4", ROUTED_EXPERTS: "mxfp4"},
+    "ct-fp8-block": {SHARED_EXPERT: "fp8", LINEAR_ATTN: "fp8", ROUTER: "fp32"},
+    "bf16": {SHARED_EXPERT: "bf16", LINEAR_ATTN: "bf16", ROUTED_EXPERTS: "bf16"},
+}
+REAL_GRANULARITY = {"autoround-int4": ("g32",), "autoround-int4-keep": ("g32",), "gptq-int4": ("g32",),
+                    "ct-nvfp4": ("g16",), "ct-mxfp4": ("g32",), "ct-fp8-block": ("128x128",), "bf16": ()}
+
+
+@pytest.mark.parametrize("case", sorted(REAL_CLASS_FORMATS))
+def test_real_export_layouts(case, tmp_path):
+    directory = cp.restore_real(case, tmp_path / case)
+    report = audit(directory)
+    formats = class_formats(report)
+    assert {k: formats[k] for k in REAL_CLASS_FORMATS[case]} == REAL_CLASS_FORMATS[case]
+    assert report.class_summary(ROUTED_EXPERTS).granularities == REAL_GRANULARITY[case]
+    assert report.disagreements == [] and report.notes == []
+    assert report.params == 1_321_420  # the source model's parameter count, rebuilt from packed shapes
+    assert report.footprint_bytes == cp.raw_header_bytes(directory)
+
+
 # --- a 27B-scale sharded checkpoint of sparse files --------------------------------------------
 
 def test_27b_sharded_sparse_checkpoint(tmp_path):

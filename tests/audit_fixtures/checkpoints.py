@@ -324,3 +324,25 @@ def build_case(name: str, directory: Path, choose: Callable[[str], Storer] | Non
     elif quant is not None:
         configs[target] = quant
     return write_checkpoint(directory, store(linears, floats, choose or case_choose), configs)
+
+
+# --- real export layouts (see real/README.md) ---------------------------------------------------
+
+REAL = Path(__file__).with_name("real")
+
+
+def restore_real(name: str, directory: Path) -> Path:
+    """Rebuild ``real/<name>`` as a checkpoint: its configs and a sparse shard with the recorded header."""
+    source = REAL / name
+    directory.mkdir(parents=True, exist_ok=True)
+    for config in source.glob("*config.json"):
+        (directory / config.name).write_text(config.read_text())
+    header = json.loads((source / "header.json").read_text())
+    end = max(value["data_offsets"][1] for key, value in header.items() if key != "__metadata__")
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(directory / "model.safetensors", "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)))
+        handle.write(raw)
+        handle.truncate(8 + len(raw) + end)
+    return directory
