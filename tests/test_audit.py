@@ -353,7 +353,7 @@ def test_missing_path_is_a_clear_error(tmp_path):
 
 
 def test_hub_id_offline_is_a_clear_error():
-    with pytest.raises(QtestsError, match="hub is not reachable"):
+    with pytest.raises(QtestsError, match="not a local directory, and the hub is not reachable"):
         audit("Qwen/Qwen3.5-27B")
 
 

@@ -88,11 +88,9 @@ def _row(summary) -> tuple[str, ...]:
 def _want_rich(use_rich: bool | None) -> bool:
     if use_rich is not None:
         return use_rich
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
 
 
 def _rich_table(rows: list[tuple[str, ...]], totals: tuple[str, ...]) -> str:

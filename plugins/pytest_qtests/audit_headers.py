@@ -154,18 +154,22 @@ def _check_index(configs: dict[str, dict[str, Any]], tensors: list[TensorHeader]
 def _read_hub(repo_id: str, revision: str | None) -> CheckpointHeaders:
     """Hub checkpoint: small config files plus header-only range reads, never tensor data."""
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError, LocalEntryNotFoundError, NotASafetensorsRepoError, SafetensorsParsingError,
+    )
 
     unreachable = (
-        f"cannot audit hub id {repo_id}: the hub is not reachable (offline or HF_HUB_OFFLINE=1); "
-        "download the checkpoint and pass its directory"
+        f"{repo_id} is not a local directory, and the hub is not reachable to read it as a hub id "
+        "(offline or HF_HUB_OFFLINE=1); check the path, or download the checkpoint and pass its directory"
     )
     try:
         metadata = get_safetensors_metadata(repo_id, revision=revision)
-    except (OSError, ValueError) as error:
-        if isinstance(error, ConnectionError) or "offline" in str(error).lower():
-            raise QtestsError(unreachable) from None
-        raise QtestsError(f"cannot read safetensors headers of {repo_id}: {error}") from None
+    except ConnectionError:
+        raise QtestsError(unreachable) from None
+    except (OSError, ValueError, NotASafetensorsRepoError, SafetensorsParsingError) as error:
+        raise QtestsError(f"cannot read safetensors headers of hub id {repo_id}: {error}") from None
+    except Exception as error:  # the hub client's own transport errors (httpx or a fork, by version)
+        raise QtestsError(f"{unreachable} ({type(error).__name__}: {error})") from None
     configs: dict[str, dict[str, Any]] = {}
     for name in CONFIG_FILES:
         try:
