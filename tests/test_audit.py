@@ -182,6 +182,18 @@ def test_auto_round_exact_key_beats_regex_key(tmp_path):
     assert kept.expected_reason == 'extra_config[".*shared_expert.*"]'
 
 
+def test_auto_round_regex_keys_apply_to_linear_layers_only(tmp_path):
+    """".*linear_attn.*" also matches conv1d and A_log; like auto-round, the audit applies it to
+    linear layers only, so those float tensors are no disagreement."""
+    config = cp.load_config("autoround_int4.json")
+    config["extra_config"][".*linear_attn.*"] = {"bits": 8}
+    default = cp.FORMAT_CASES["auto-round-int4"][2]
+    choose = lambda m: cp.gptq(8, 32, g_idx=False) if m.endswith(("in_proj_qkvz", "out_proj")) else default(m)  # noqa
+    report = audit(cp.build_case("auto-round-int4", tmp_path / "r", choose=choose, quant_config=config))
+    assert report.disagreements == []
+    assert class_formats(report)[LINEAR_ATTN] == "int8 (6) + bf16 (3)"
+
+
 def test_gptq_dynamic_bits_disagree_with_stored_bits(tmp_path):
     default = cp.FORMAT_CASES["gptq-int4"][2]
     choose = lambda m: cp.gptq(4, 32) if "layers.3.mlp.shared_expert.down_proj" in m else default(m)  # noqa: E731

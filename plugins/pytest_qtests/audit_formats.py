@@ -130,14 +130,16 @@ class AutoRoundConfig:
         return TEXT_BLOCK.match(module) is not None
 
     def expect(self, module: str, is_linear: bool) -> Expectation | None:
+        if not is_linear:  # auto-round quantizes linear layers only; its regexes skip the rest
+            return None
         override, reason = self.exact.get(module), f'extra_config["{module}"]'
         if override is None:
             for pattern, key, value in self.patterns:
                 if pattern.search(module):
                     override, reason = value, f'extra_config["{key}"]'
                     break
-        if override is None and not (is_linear and self._in_blocks(module)):
-            return _unquantized("outside block_name_to_quantize") if is_linear else None
+        if override is None and not self._in_blocks(module):
+            return _unquantized("outside block_name_to_quantize")
         override = override or {}
         bits = int(override.get("bits", self.bits))
         data_type = str(override.get("data_type", self.data_type))
