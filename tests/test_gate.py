@@ -205,14 +205,14 @@ def test_repeats_average_per_item_and_agreeing_repeats_keep_the_exact_test():
     assert (thrice.p_value, thrice.ci_low, thrice.ci_high) == (once.p_value, once.ci_low, once.ci_high)
 
 
-def test_sampled_repeats_use_the_paired_bootstrap_over_items():
+def test_sampled_repeats_use_the_paired_sign_flip_test_over_items():
     rng = np.random.default_rng(4)
     p = rng.beta(0.8, 0.2, 300)
     ids = np.repeat([f"q{i}" for i in range(300)], 4)
     reference = rng.random(1200) < np.repeat(p, 4)
     variant = rng.random(1200) < np.repeat(np.clip(p - 0.15, 0, 1), 4)
     result = check_accuracy(reference, variant, ids, ACCURACY_2PP)
-    assert result.method.startswith("paired bootstrap over items")
+    assert result.method.startswith("paired sign-flip test over items")
     assert result.n_items == 300
     assert not result.passed and result.ci_high < -0.02
     assert "4 samples per item" in result.message

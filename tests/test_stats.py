@@ -193,11 +193,15 @@ def paired_samples(draw):
     return np.array(reference), np.array(variant)
 
 
+def mean_difference(reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
+    return np.mean(variant, axis=-1) - np.mean(reference, axis=-1)
+
+
 @settings(max_examples=60, deadline=None)
 @given(paired_samples(), st.floats(-100, 100), st.sampled_from(["less", "greater"]))
 def test_bootstrap_interval_contains_the_mean_difference_and_matches_the_verdict(samples, bound, alternative):
     reference, variant = samples
-    result = stats.paired_bootstrap_test(reference, variant, stats.mean_difference, bound, alternative, 0.05, 500, seed=1)
+    result = stats.paired_bootstrap_test(reference, variant, mean_difference, bound, alternative, 0.05, 500, seed=1)
     assert result.ci_low - 1e-9 <= result.estimate <= result.ci_high + 1e-9
     outside = result.ci_high < bound if alternative == "less" else result.ci_low > bound
     assert (result.p_value < 0.05) == outside
@@ -247,6 +251,63 @@ def test_quantile_ratio_handles_zero_reference_resamples():
     ratios = statistic(np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]]), np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 3.0]]))
     assert ratios.tolist() == [1.0, 1.5]
     assert statistic(np.array([0.0, 0.0]), np.array([5.0, 5.0])) == np.inf
+
+
+# -------------------------------------------------------------------------------------------------
+# Paired sign-flip test
+
+
+@st.composite
+def per_item_rates(draw):
+    n = draw(st.integers(2, 80))
+    repeats = draw(st.integers(1, 5))
+    reference = draw(st.lists(st.integers(0, repeats), min_size=n, max_size=n))
+    variant = draw(st.lists(st.integers(0, repeats), min_size=n, max_size=n))
+    return np.array(reference) / repeats, np.array(variant) / repeats
+
+
+@settings(max_examples=80, deadline=None)
+@given(per_item_rates(), st.floats(-0.5, 0.5), st.sampled_from(["less", "greater"]), st.sampled_from([0.05, 0.1]))
+def test_sign_flip_verdict_matches_its_interval(rates, bound, alternative, alpha):
+    reference, variant = rates
+    result = stats.paired_sign_flip_test(reference, variant, bound, alternative, alpha, 500, seed=4)
+    assert -1.0 <= result.ci_low <= result.ci_high <= 1.0
+    outside = result.ci_high < bound if alternative == "less" else result.ci_low > bound
+    assert (result.p_value < alpha) == outside
+
+
+@settings(max_examples=40, deadline=None)
+@given(per_item_rates())
+def test_sign_flip_interval_contains_the_estimate_with_enough_items(rates):
+    reference, variant = rates
+    assume(reference.size >= 20)
+    result = stats.paired_sign_flip_test(reference, variant, 0.0, "less", 0.05, 1000, seed=5)
+    assert result.ci_low <= result.estimate <= result.ci_high
+
+
+def test_sign_flip_p_value_agrees_with_scipy_permutation_test():
+    rng = np.random.default_rng(8)
+    p = rng.beta(0.8, 0.2, 150)
+    reference = (rng.random((150, 4)) < p[:, None]).mean(1)
+    variant = (rng.random((150, 4)) < np.clip(p - 0.04, 0, 1)[:, None]).mean(1)
+    ours = stats.paired_sign_flip_test(reference, variant, 0.0, "less", n_resamples=20000, seed=1)
+    theirs = scipy_stats.permutation_test(
+        (reference, variant), lambda r, v, axis=-1: np.mean(v - r, axis=axis), permutation_type="samples",
+        alternative="less", n_resamples=20000, vectorized=True, rng=np.random.default_rng(2),
+    )
+    assert ours.p_value == pytest.approx(theirs.pvalue, abs=0.006)
+
+
+def test_sign_flip_false_alarm_rate_is_at_most_alpha_for_identical_models():
+    # Exact under exchangeability: over many data sets *and* flip seeds the rate stays at alpha.
+    rng = np.random.default_rng(12)
+    p = rng.beta(0.8, 0.2, 60)
+    alarms = 0
+    for run in range(1000):
+        reference = (rng.random((60, 3)) < p[:, None]).mean(1)
+        variant = (rng.random((60, 3)) < p[:, None]).mean(1)
+        alarms += stats.paired_sign_flip_test(reference, variant, 0.0, "less", 0.05, 200, seed=run).p_value < 0.05
+    assert alarms / 1000 <= 0.05 + 1.96 * math.sqrt(0.05 * 0.95 / 1000)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -341,3 +402,22 @@ def test_with_discordance_keeps_the_within_item_share():
     assert rescaled.within_item / rescaled.per_item(1) == pytest.approx(paired.within_item / paired.per_item(1))
     with pytest.raises(ValueError):
         stats.with_discordance(paired, 0.05, 0.03)
+
+
+@pytest.mark.parametrize("n, drop, margin, discordance", [(30, 0.1, 0.0, 0.3), (40, 0.05, 0.02, 0.2), (25, 0.2, 0.05, 0.25)])
+def test_mcnemar_power_equals_enumerating_every_outcome(n, drop, margin, discordance):
+    p_down, p_up = (discordance + drop) / 2, (discordance - drop) / 2
+    exact = 0.0
+    for down in range(n + 1):
+        for up in range(n - down + 1):
+            probability = scipy_stats.multinomial.pmf([down, up, n - down - up], n, [p_down, p_up, 1 - discordance])
+            if stats._conditional_p_value(down, up, n, -margin, "less") < 0.05:
+                exact += probability
+    assert stats.mcnemar_power(n, drop, margin, discordance, 0.05) == pytest.approx(exact, abs=1e-9)
+
+
+def test_mcnemar_required_items_reaches_the_power_and_needs_more_than_the_normal_approximation():
+    n = stats.mcnemar_required_items(0.05, 0.0, 0.17, 0.05, 0.8)
+    assert stats.mcnemar_power(n, 0.05, 0.0, 0.17) >= 0.8
+    assert stats.mcnemar_power(n - 5, 0.05, 0.0, 0.17) < 0.8
+    assert n > stats.required_items(0.05, 0.0, 0.17 - 0.05**2)

@@ -38,9 +38,9 @@ from .stats import (
     discordant_counts,
     holm_adjust,
     mcnemar_exact,
-    mean_difference,
     paired_binary_test,
     paired_bootstrap_test,
+    paired_sign_flip_test,
     per_item_means,
     quantile_ratio,
 )
@@ -346,7 +346,7 @@ def check_rate(
     Arrays are aligned by (item_id, sample_index): ``reference[i]`` and ``variant[i]`` are the same
     item and sample. Samples are averaged per item first. When every item's mean is 0 or 1 (one sample
     per item, or repeats that always agree) the exact paired-binary test decides; otherwise (sampled
-    repeats) the paired bootstrap over items does.
+    repeats) the paired sign-flip test over items does (exact for an identical model).
     """
     spec = _validate_common(check, alpha, mode, tol)
     reference, variant, item_ids = _paired_arrays(reference, variant, item_ids)
@@ -371,8 +371,8 @@ def check_rate(
             f"McNemar exact {_format_p(mcnemar_p)}"
         )
     else:
-        test = paired_bootstrap_test(ref_items, var_items, mean_difference, bound, alternative, alpha, n_resamples, seed)
-        details.update(p_resolution=1.0 / n_resamples)
+        test = paired_sign_flip_test(ref_items, var_items, bound, alternative, alpha, n_resamples, seed)
+        details.update(p_resolution=1.0 / (n_resamples + 1))
         evidence = f"{test.method}, {samples_per_item:g} samples per item"
 
     summary = (

@@ -15,9 +15,9 @@ from .gate import parse_tolerance
 from .records import QtestsError
 from .stats import (
     DesignVariance,
-    detection_power,
     difficulty_model_variances,
     discordance_rate,
+    mcnemar_required_items,
     required_items,
     with_discordance,
 )
@@ -98,15 +98,18 @@ def make_plan(
             paired = with_discordance(paired, drop, discordance)
         except ValueError as error:
             raise QtestsError(f"--discordance: {error}") from None
+    one_sample_discordance = discordance_rate(paired, drop)
+
+    def paired_items(k: int) -> int:
+        # One 0/1 sample per item (or greedy repeats, which agree): the gate's exact binary test.
+        if k == 1 or greedy:
+            return mcnemar_required_items(drop, margin, one_sample_discordance, alpha, power)
+        return required_items(drop, margin, paired.per_item(k), alpha, power)
+
     rows = [
-        PlanRow(
-            repeats=k,
-            paired_items=required_items(drop, margin, paired.per_item(k), alpha, power),
-            unpaired_items=required_items(drop, margin, unpaired.per_item(k), alpha, power),
-        )
-        for k in repeats
+        PlanRow(k, paired_items(k), required_items(drop, margin, unpaired.per_item(k), alpha, power)) for k in repeats
     ]
-    return Plan(rows, paired, unpaired, discordance_rate(paired, drop))
+    return Plan(rows, paired, unpaired, one_sample_discordance)
 
 
 def format_plan(plan: Plan, args: argparse.Namespace, drop: float, margin: float) -> str:
@@ -134,18 +137,28 @@ def format_plan(plan: Plan, args: argparse.Namespace, drop: float, margin: float
         f"{within:.0%} of that is sampling noise that repeats average out"
         + (" (greedy: none)." if args.greedy else "."),
     ]
-    first = plan.rows[0]
-    achieved = detection_power(first.paired_items, drop, margin, plan.paired.per_item(first.repeats), args.alpha)
-    lines.append(f"Normal approximation; power at {first.paired_items} paired items: {achieved:.2f}.")
+    lines.append(
+        "Paired with one sample per item (or greedy): exact power of the gate's McNemar-type test; "
+        "otherwise a normal approximation."
+    )
     return "\n".join(lines)
+
+
+def _accuracy_change(text: str, flag: str, base: float) -> float:
+    """A drop written as in ``--fail-on`` (``5pp``, ``0.05``, ``5%`` of the base), as a positive fraction."""
+    try:
+        return -parse_tolerance("accuracy", text, source=flag).limit(base)
+    except QtestsError:
+        raise QtestsError(
+            f"{flag}: cannot read {text!r}; write 5pp (points), 0.05 (fraction) or 5% (relative to --base-accuracy)"
+        ) from None
 
 
 def _run(args: argparse.Namespace) -> int:
     base = _share(args.base_accuracy_text, "--base-accuracy")
     args.base_accuracy = base
-    drop_tol = parse_tolerance("accuracy", args.drop, source="--drop")
-    drop = -drop_tol.limit(base)
-    margin = -parse_tolerance("accuracy", args.margin, source="--margin").limit(base)
+    drop = _accuracy_change(args.drop, "--drop", base)
+    margin = _accuracy_change(args.margin, "--margin", base)
     discordance = _share(args.discordance, "--discordance") if args.discordance is not None else None
     try:
         repeats = tuple(int(k) for k in args.repeats.split(","))
