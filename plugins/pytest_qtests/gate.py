@@ -15,6 +15,13 @@ within the margin (the interval lies entirely on the good side). Small runs then
 variant, every non-inferiority claim must hold at once (intersection-union), so no multiplicity
 correction is needed there; evidence-of-harm checks are Holm-adjusted with :func:`apply_holm`.
 
+Which test decides (see :mod:`pytest_qtests.stats`): one 0/1 sample per item (or repeats that always
+agree) - Tango's score test and the exact conditional binomial test must both reject (at a 0 margin
+the latter is exact McNemar); sampled repeats - a sign-flip randomization test over per-item means;
+lengths - a paired bootstrap over items with a fixed seed. The printed interval is two-sided at
+``1 - 2*alpha`` ("90% CI" at alpha 0.05) because its ends are the one-sided ``1 - alpha`` bounds the
+verdict uses, so verdict and interval always agree.
+
 ``--fail-on`` grammar, in the spirit of pytest-benchmark's ``--benchmark-compare-fail``:
 ``accuracy:-2pp,truncation:+5pp,length:1.25x``. Rates take ``pp`` (percentage points), a bare fraction
 (``-0.02``) or ``%`` (relative to the reference's value, like pytest-benchmark's ``min:5%`` and vLLM's
@@ -239,10 +246,6 @@ class CheckResult:
     limit_text: str = ""  # the margin as written for readers
     evidence: str = ""  # the test and its counts, e.g. "31 items lost, 9 gained"
     details: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def deciding_p_value(self) -> float | None:
-        return self.adjusted_p_value if self.adjusted_p_value is not None else self.p_value
 
     def junit_properties(self) -> dict[str, Any]:
         """Flat ``name -> value`` pairs for pytest's ``record_property`` (JUnit XML)."""
