@@ -38,3 +38,29 @@ def split_thinking(text: str) -> ThinkingSplit:
     if open_at >= 0:
         return ThinkingSplit(text[open_at + len(THINK_OPEN):].strip(), "", False, True)
     return ThinkingSplit("", text.strip(), True, False)
+
+
+def thinking_extent(
+    text: str, token_ids: list[int] | None, close_token_id: int | None, opened_in_prompt: bool
+) -> tuple[int, bool]:
+    """(thinking tokens, thinking closed) of one output.
+
+    Counted on token ids when the engine returned them and the tokenizer has a ``</think>`` token
+    (exact); otherwise estimated as the share of characters before the close tag. An output with no
+    think tags at all has no thinking, unless the prompt itself opened the block (then all of it is
+    unfinished thinking).
+    """
+    split = split_thinking(text)
+    in_thinking = split.has_thinking or opened_in_prompt
+    if not in_thinking:
+        return 0, True
+    closed = THINK_CLOSE in text
+    if token_ids is not None and close_token_id is not None:
+        if close_token_id in token_ids:
+            return token_ids.index(close_token_id), True
+        return len(token_ids), False
+    total = len(token_ids) if token_ids is not None else max(1, len(text))
+    if not closed:
+        return total, False
+    share = text.find(THINK_CLOSE) / max(1, len(text))
+    return round(total * share), True

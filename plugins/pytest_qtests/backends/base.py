@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Callable, Protocol, Sequence
 
 from ..records import GenerationRecord, GenerationRequest
+from ..tasks.prompts import prompt_opens_thinking
+from ..thinking import THINK_CLOSE, thinking_extent
 
 ProgressCallback = Callable[[int], None]  # called with the number of newly finished requests
 
@@ -26,3 +28,39 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the engine (and its GPU memory) before the next variant is loaded."""
+
+
+def think_close_id(tokenizer) -> int | None:
+    """The ``</think>`` token id if the tokenizer has it as a single token, else None."""
+    ids = tokenizer.encode(THINK_CLOSE, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def make_record(
+    request: GenerationRequest,
+    text: str,
+    prompt_tokens: int,
+    token_ids: list[int] | None,
+    finish_reason: str,
+    latency_s: float,
+    close_token_id: int | None,
+    output_tokens: int | None = None,
+) -> GenerationRecord:
+    """Build a record the same way for every engine, so records from vLLM, transformers, an OpenAI
+    server or a replay file carry the same fields with the same meaning."""
+    opened = prompt_opens_thinking(request.prompt + request.continuation)
+    thinking_tokens, closed = thinking_extent(request.continuation + text, token_ids, close_token_id, opened)
+    reason = finish_reason if finish_reason in ("stop", "length") else "error"
+    return GenerationRecord(
+        item_id=request.item_id,
+        sample_index=request.sample_index,
+        text=text,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens if output_tokens is not None else len(token_ids or []),
+        finish_reason=reason,
+        thinking_tokens=thinking_tokens,
+        thinking_closed=closed,
+        latency_s=latency_s,
+        token_ids=token_ids,
+        error=None if reason != "error" else f"engine finish_reason={finish_reason!r}",
+    )
