@@ -1,0 +1,205 @@
+"""transformers backend: batched ``generate`` with left padding, on CUDA when present, else the CPU.
+
+Requests are grouped by sampling parameters and sorted by prompt length so each batch pads little.
+transformers has no per-request seed, so each batch is seeded from its first request's seed: a re-run
+with the same requests and batch size reproduces the same samples (the cache key records the engine
+version, which includes the batch size for that reason).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from itertools import groupby
+from typing import Any, Sequence
+
+from ..records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
+from .base import ProgressCallback, make_record, think_close_id
+
+
+class EngineLoadError(QtestsError):
+    """An engine could not load a variant; the message carries the engine's own last error line."""
+
+
+def last_error_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def device_info() -> dict[str, Any]:
+    """The accelerator that ran the generations, for fingerprints and reports."""
+    import torch
+
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return {"device": "cuda", "device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),
+                "device_count": torch.cuda.device_count()}
+    return {"device": "cpu", "device_name": "cpu", "threads": torch.get_num_threads()}
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, spec: VariantSpec, dtype: str = "auto", batch_size: int = 64, device: str | None = None):
+        self.spec = spec
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self._device = device
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    # -- engine lifecycle ------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
+        # (an exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU).
+        if self.dtype == "auto":
+            dtype = "auto" if device != "cpu" or _cpu_has_bf16() else torch.float32
+        else:
+            dtype = getattr(torch, self.dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
+                padding_side="left")
+            model = AutoModelForCausalLM.from_pretrained(
+                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
+                dtype=dtype)
+            model.to(device).eval()
+        except Exception as error:  # any engine failure becomes one line for this variant
+            raise EngineLoadError(
+                f"transformers could not load {self.spec.label} ({self.spec.source}): {last_error_line(error)}"
+            ) from error
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._device = device
+        self._model, self._tokenizer = model, tokenizer
+
+    def device_info(self) -> dict[str, Any]:
+        self._load()
+        return device_info()
+
+    @property
+    def tokenizer(self) -> Any:
+        self._load()
+        return self._tokenizer
+
+    def engine_version(self) -> str:
+        import transformers
+
+        self._load()
+        dtype = str(self._model.dtype).replace("torch.", "")
+        return f"transformers {transformers.__version__} ({self._device}, {dtype}, batch {self.batch_size})"
+
+    def close(self) -> None:
+        import torch
+
+        self._model = None
+        self._tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
+    ) -> list[GenerationRecord]:
+        self._load()
+        order = sorted(range(len(requests)), key=lambda i: (_sampling_key(requests[i].sampling),
+                                                            len(requests[i].prompt + requests[i].continuation)))
+        records: dict[int, GenerationRecord] = {}
+        for _, group in groupby(order, key=lambda i: _sampling_key(requests[i].sampling)):
+            indices = list(group)
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start : start + self.batch_size]
+                for index, record in zip(batch, self._generate_batch([requests[i] for i in batch])):
+                    records[index] = record
+                if progress:
+                    progress(len(batch))
+        return [records[i] for i in range(len(requests))]
+
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list[GenerationRecord]:
+        import torch
+
+        tokenizer, model = self._tokenizer, self._model
+        sampling = batch[0].sampling
+        texts = [r.prompt + r.continuation for r in batch]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+        torch.manual_seed(batch[0].seed)
+        started = time.perf_counter()
+        with torch.no_grad():
+            output = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, max_new_tokens=sampling.max_tokens,
+                                    **_generate_kwargs(sampling))
+        latency = (time.perf_counter() - started) / len(batch)
+        new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
+        stop_ids = _stop_ids(model, tokenizer)
+        close_id = think_close_id(tokenizer)
+        records = []
+        for request, row, mask in zip(batch, new_tokens, encoded["attention_mask"].tolist()):
+            token_ids, stopped = _until_stop(row, stop_ids)
+            text = tokenizer.decode(token_ids, skip_special_tokens=True)
+            finish = "stop" if stopped else "length"
+            records.append(make_record(request, text, sum(mask), token_ids, finish, latency, close_id))
+        return records
+
+    def score(self, texts: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
+        """Teacher-forced log-probs of every token after the first, and the top-k alternatives."""
+        import torch
+
+        self._load()
+        scored = []
+        for text in texts:
+            ids = self._tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self._device)
+            with torch.no_grad():
+                logprobs = torch.log_softmax(self._model(ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            top = torch.topk(logprobs, top_k, dim=-1)
+            scored.append({
+                "token_ids": targets.tolist(),
+                "logprobs": logprobs.gather(1, targets[:, None])[:, 0].tolist(),
+                "topk": [dict(zip(i.tolist(), v.tolist())) for i, v in zip(top.indices, top.values)],
+            })
+        return scored
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _sampling_key(sampling: SamplingParams) -> tuple:
+    return (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p, sampling.max_tokens)
+
+
+def _generate_kwargs(sampling: SamplingParams) -> dict[str, Any]:
+    if sampling.temperature <= 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    kwargs: dict[str, Any] = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                              "top_k": sampling.top_k or None}
+    if sampling.min_p:
+        kwargs["min_p"] = sampling.min_p
+    return kwargs
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _until_stop(row: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
+    """Generated ids up to and including the first stop token; whether one was produced."""
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return row[: position + 1], True
+    return row, False

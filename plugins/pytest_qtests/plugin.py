@@ -1,0 +1,207 @@
+"""pytest plugin: command-line options, parametrization of the suite, and the verdict table.
+
+The suite (``qtests/``) asks for ``qt_case`` and ``qt_policy_case``; this module parametrizes them
+with one value per variant x task (or variant x policy) so test ids read
+``test_accuracy[int4-default-zoo]``. All evaluation is lazy and shared through the ``qt_session``
+fixture, so ``-k``/``--lf`` runs generate only what the selected tests need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .config import DEFAULT_FAIL_ON, RunConfig, build_config
+from .records import QtestsError, VariantSpec
+from .session import CHECKS, GateSession, Verdict
+
+_SESSION_KEY = pytest.StashKey[GateSession]()
+_NOTES_KEY = pytest.StashKey[str]()
+
+
+@dataclass(frozen=True)
+class Case:
+    variant: VariantSpec
+    task: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.label}-{self.task}"
+
+
+@dataclass(frozen=True)
+class PolicyCase:
+    variant: VariantSpec
+    policy: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.label}-{self.policy}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qtests", "quantized checkpoint gate")
+    add = group.addoption
+    add("--model", action="append", dest="qt_models", metavar="SPEC",
+        help="variant to test: [LABEL=]PATH_OR_HUB_ID[@REVISION] (repeatable)")
+    add("--reference", dest="qt_reference", metavar="SPEC", help="BF16 reference, evaluated live in this session")
+    add("--qt-config", dest="qt_config", metavar="FILE", help="suite file (YAML or TOML); flags override it")
+    add("--tasks", dest="qt_tasks", metavar="A,B", help="tasks (name, or name=PATH for a local file)")
+    add("--limit", dest="qt_limit", type=int, metavar="N", help="first N items of each task")
+    add("--max-tokens", dest="qt_max_tokens", type=int, metavar="N", help="output cap (default 2048)")
+    add("--repeats", dest="qt_repeats", type=int, metavar="K", help="samples per item (avg@K)")
+    add("--seed", dest="qt_seed", type=int, metavar="N", help="sampling seed")
+    add("--thinking", dest="qt_thinking", choices=("on", "off"), help="chat template thinking mode")
+    add("--sampling", dest="qt_sampling", metavar="PRESET", help="qwen-thinking (default), qwen-instruct, greedy")
+    add("--temperature", dest="qt_temperature", type=float, help="override the preset's temperature")
+    add("--backend", dest="qt_backend", choices=("transformers", "vllm", "openai", "replay"))
+    add("--dtype", dest="qt_dtype", help="engine dtype (default auto: checkpoint dtype; float32 on CPUs without bf16)")
+    add("--batch-size", dest="qt_batch_size", type=int, help="transformers generate batch size")
+    add("--engine-arg", action="append", dest="qt_engine_args", metavar="KEY=VALUE", help="vLLM engine argument")
+    add("--base-url", action="append", dest="qt_base_urls", metavar="URL",
+        help="OpenAI-compatible endpoint (repeatable: requests are spread over them); key from OPENAI_API_KEY")
+    add("--replay", action="append", dest="qt_replay", metavar="LABEL=FILE", help="outputs to score (replay backend)")
+    add("--trust-remote-code", action="append", dest="qt_trust_remote_code", metavar="LABEL",
+        help="allow this variant's remote code (off for every variant unless named)")
+    add("--fail-on", dest="qt_fail_on", metavar="RULES", help=f"tolerances, default {DEFAULT_FAIL_ON}")
+    add("--gate-mode", dest="qt_gate_mode", help="evidence-of-harm (default) or non-inferiority")
+    add("--alpha", dest="qt_alpha", type=float, help="family-wise false-alarm rate per variant (default 0.05)")
+    add("--policy", action="append", dest="qt_policies", metavar="RULE",
+        help="checkpoint policy: keep-shared-expert, keep-linear-attn, keep-router, keep-lm-head, keep-attn, CLASS=FORMAT")
+    add("--canary", dest="qt_canary", type=int, metavar="N", help="canary items per variant (0 disables; default 16)")
+    add("--save-baseline", dest="qt_save_baseline", action="store_true", help="store every evaluated model as a baseline")
+    add("--baseline", dest="qt_baseline", metavar="NAME_OR_PATH", help="stored baseline to compare with (no --reference)")
+    add("--baseline-dir", dest="qt_baseline_dir", metavar="DIR", help="baseline store (default baselines/)")
+    add("--allow-mismatch", action="append", dest="qt_allow_mismatch", metavar="FIELD",
+        help="accept a baseline whose fingerprint differs in FIELD")
+    add("--no-cache", dest="qt_no_cache", action="store_true", help="do not read or write the generation cache")
+    add("--cache-dir", dest="qt_cache_dir", metavar="DIR", help="generation cache (default .qtests/cache)")
+    add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json and summary.md here")
+
+
+def _options(config: pytest.Config) -> dict[str, Any]:
+    return {name: value for name, value in vars(config.option).items() if name.startswith("qt_")}
+
+
+def _wants_qtests(config: pytest.Config) -> bool:
+    options = _options(config)
+    return bool(options.get("qt_models") or options.get("qt_reference") or options.get("qt_config"))
+
+
+def gate_session(config: pytest.Config) -> GateSession:
+    """The session's gate, built on first use (after every conftest had its say about defaults)."""
+    if _SESSION_KEY not in config.stash:
+        run_config: RunConfig = build_config(_options(config))
+        config.stash[_SESSION_KEY] = GateSession(run_config)
+    return config.stash[_SESSION_KEY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    wanted = {"qt_case", "qt_policy_case"} & set(metafunc.fixturenames)
+    if not wanted:
+        return
+    if not _wants_qtests(metafunc.config):
+        raise pytest.UsageError("qtests: no model to test: pass --model [LABEL=]PATH_OR_HUB_ID or --qt-config FILE")
+    try:
+        session = gate_session(metafunc.config)
+    except QtestsError as error:
+        raise pytest.UsageError(f"qtests: {error}") from None
+    if "qt_case" in wanted:
+        cases = [Case(v, t) for v in session.variants for t in session.config.tasks]
+        metafunc.parametrize("qt_case", cases, ids=[c.id for c in cases])
+    if "qt_policy_case" in wanted:
+        cases = [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
+        metafunc.parametrize("qt_policy_case", cases, ids=[c.id for c in cases])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each variant's tests together (one engine load per variant) and on one xdist worker."""
+    if _SESSION_KEY not in config.stash:
+        return
+    order = {v.label: i for i, v in enumerate(gate_session(config).variants)}
+
+    def variant_of(item: pytest.Item) -> str | None:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("qt_case") or callspec.params.get("qt_policy_case") if callspec else None
+        return case.variant.label if case is not None else None
+
+    for item in items:
+        label = variant_of(item)
+        if label is not None:
+            item.add_marker(pytest.mark.xdist_group(label))
+    items.sort(key=lambda item: order.get(variant_of(item) or "", -1))
+
+
+@pytest.fixture(scope="session")
+def qt_session(request: pytest.FixtureRequest) -> GateSession:
+    return gate_session(request.config)
+
+
+@pytest.fixture
+def qt_run(qt_case: Case, qt_session: GateSession):
+    """The variant's evaluated run; an engine or data failure is this variant's error, not the session's."""
+    try:
+        return qt_session.run(qt_case.variant, qt_case.task)
+    except QtestsError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+def enforce(verdict: Verdict, record_property: Any) -> None:
+    """Turn a verdict into the test outcome, with its numbers as JUnit properties."""
+    for name, value in verdict.properties.items():
+        record_property(name, value)
+    if verdict.skipped:
+        pytest.skip(verdict.message)
+    if not verdict.passed:
+        pytest.fail(verdict.message, pytrace=False)
+
+
+def check_case(session: GateSession, case: Case, check: str, record_property: Any) -> None:
+    if check not in CHECKS:
+        raise ValueError(f"unknown check {check}")
+    try:
+        verdict = session.verdict(case.variant, case.task, check)
+    except QtestsError as error:
+        pytest.fail(str(error), pytrace=False)
+    enforce(verdict, record_property)
+
+
+def check_policy(session: GateSession, case: PolicyCase, record_property: Any) -> None:
+    try:
+        verdict = session.policy_verdict(case.variant, case.policy)
+    except QtestsError as error:
+        pytest.fail(str(error), pytrace=False)
+    enforce(verdict, record_property)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if _SESSION_KEY not in config.stash:
+        return
+    gate = config.stash[_SESSION_KEY]
+    try:
+        if gate.config.save_baseline:
+            written = gate.save_baselines()
+            config.stash[_NOTES_KEY] = "\n".join(f"baseline written: {path}" for path in written)
+        if gate.config.report_dir is not None:
+            from .report.files import write_reports
+
+            write_reports(gate, gate.config.report_dir)
+    finally:
+        gate.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _SESSION_KEY not in config.stash:
+        return
+    from .report.terminal import render_table
+
+    rows = config.stash[_SESSION_KEY].summary_rows()
+    if rows:
+        terminalreporter.section("qtests verdicts")
+        terminalreporter.write(render_table(rows, terminalreporter.config.get_terminal_writer().fullwidth))
+    notes = config.stash.get(_NOTES_KEY, "")
+    if notes:
+        terminalreporter.write_line(notes)

@@ -1,0 +1,1 @@
+"""Reports of a gate run: the terminal table, and files for CI (JSON, Markdown)."""

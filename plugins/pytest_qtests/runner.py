@@ -1,0 +1,274 @@
+"""Evaluate variants on tasks: prompts -> (cached) generation -> grading -> outcomes, and the canary.
+
+The only module that sequences engines. Everything is memoized per (variant, task), so the pytest
+checks of one variant share a single generation run, and an engine is released before the next
+variant's is created (one engine in memory per worker).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .backends import create_backend
+from .cache import GenerationCache, cached_generate
+from .config import RunConfig
+from .degeneracy import DetectorThresholds, assess, calibrate
+from .fingerprint import Fingerprint, model_identity
+from .records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, TaskItem, VariantSpec
+from .tasks.graders import grade_output
+from .tasks.loaders import TaskData, load_task
+from .tasks.prompts import prompt_opens_thinking, render_prompt
+from .tasks.registry import resolve_task_spec
+
+CANARY_MIN_RATE = 0.25  # a canary fails only if at least this share of its outputs is degenerate ...
+CANARY_P_VALUE = 0.01  # ... and Fisher's exact test says that is more than the reference's share
+
+
+@dataclass
+class CanaryResult:
+    """The cheap first look at a variant: a few items, judged against the reference on the same items."""
+
+    n_items: int
+    variant_degenerate: int
+    reference_degenerate: int | None
+    p_value: float | None
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    full_run_generations: int = 0
+
+    @property
+    def message(self) -> str:
+        ref = "" if self.reference_degenerate is None else f" vs {self.reference_degenerate}/{self.n_items} for the reference"
+        p = "" if self.p_value is None else f", Fisher p={self.p_value:.2g}"
+        verdict = "failed" if not self.passed else "passed"
+        head = (f"canary {verdict}: {self.variant_degenerate}/{self.n_items} outputs degenerate{ref}{p}; "
+                f"{self.n_items} of the {self.full_run_generations} generations of the full run were made")
+        return head + (f"; e.g. {self.reasons[0]}" if self.reasons else "")
+
+
+@dataclass
+class TaskRun:
+    """One variant on one task: its records, graded outcomes and the fingerprint that produced them."""
+
+    variant: VariantSpec
+    task: str
+    records: list[GenerationRecord]
+    outcomes: list[ItemOutcome]
+    fingerprint: Fingerprint
+    canary: CanaryResult | None = None
+    wall_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.canary is None or self.canary.passed
+
+
+class Evaluator:
+    """Lazily evaluates (variant, task) pairs for one pytest session or worker."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self._tasks: dict[str, TaskData] = {}
+        self._runs: dict[tuple[str, str], TaskRun] = {}
+        self._failures: dict[str, QtestsError] = {}
+        self._backend: Any = None
+        self._backend_label: str | None = None
+        self._thresholds: dict[str, DetectorThresholds] = {}
+        self._cache = GenerationCache.in_directory(config.cache_dir) if config.cache_dir and config.backend != "replay" else None
+
+    # -- tasks and engines ---------------------------------------------------------------------------
+    def task_data(self, task_spec: str) -> TaskData:
+        if task_spec not in self._tasks:
+            task, source = resolve_task_spec(task_spec)
+            self._tasks[task_spec] = load_task(task, source, limit=self.config.limit, seed=self.config.sampling.seed)
+        return self._tasks[task_spec]
+
+    def backend(self, variant: VariantSpec) -> Any:
+        """The engine for ``variant``; the previous variant's engine is released first."""
+        if self._backend_label != variant.label:
+            self.release()
+            self._backend = create_backend(self.config, variant)
+            self._backend_label = variant.label
+        return self._backend
+
+    def release(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        self._backend, self._backend_label = None, None
+
+    def close(self) -> None:
+        self.release()
+        if self._cache is not None:
+            self._cache.close()
+
+    # -- requests ----------------------------------------------------------------------------------
+    def requests(self, variant: VariantSpec, task_spec: str) -> list[GenerationRequest]:
+        data = self.task_data(task_spec)
+        tokenizer = getattr(self.backend(variant), "tokenizer", None)
+        requests = []
+        for item in data.items:
+            message = data.task.user_message(item)
+            prompt = render_prompt(tokenizer, message, self.config.thinking) if tokenizer is not None else message
+            for sample in range(self.config.repeats):
+                requests.append(GenerationRequest(item.item_id, sample, prompt, self.config.sampling))
+        return requests
+
+    def fingerprint(self, variant: VariantSpec, task_spec: str) -> Fingerprint:
+        backend = self.backend(variant)
+        data = self.task_data(task_spec)
+        template = getattr(getattr(backend, "tokenizer", None), "chat_template", None) or ""
+        extra = backend.device_info() if hasattr(backend, "device_info") else {}
+        return Fingerprint.for_run(
+            model=model_identity(variant) if self.config.backend != "replay" else {"replay": self.config.replay.get(variant.label)},
+            task=data.task.name,
+            dataset_hash=data.content_hash,
+            prompt_template_hash=hashlib.sha256(template.encode()).hexdigest(),
+            sampling=self.config.sampling,
+            thinking=self.config.thinking,
+            repeats=self.config.repeats,
+            engine=self.config.backend,
+            engine_version=backend.engine_version(),
+            extra=extra,
+        )
+
+    # -- generation and grading -------------------------------------------------------------------------
+    def generate(self, variant: VariantSpec, requests: list[GenerationRequest], what: str) -> list[GenerationRecord]:
+        backend = self.backend(variant)
+        identity = model_identity(variant)["hash"] if self.config.backend != "replay" else "replay"
+        with _progress(len(requests), f"{variant.label} {what}") as progress, self._generation_lock(identity):
+            return cached_generate(self._cache, backend, requests, identity, progress)
+
+    def grade(self, task_spec: str, records: list[GenerationRecord], requests: list[GenerationRequest],
+              thresholds: DetectorThresholds | None) -> list[ItemOutcome]:
+        data = self.task_data(task_spec)
+        items: dict[str, TaskItem] = {item.item_id: item for item in data.items}
+        outcomes = []
+        for record, request in zip(records, requests):
+            if record.finish_reason == "error":
+                outcomes.append(ItemOutcome(record.item_id, record.sample_index, False, False, record.output_tokens,
+                                            record.thinking_tokens, record.thinking_closed, error=record.error))
+                continue
+            opened = prompt_opens_thinking(request.prompt)
+            grade = grade_output(data.task.grader, record.text, items[record.item_id], opened)
+            truncated = record.finish_reason == "length" or not record.thinking_closed
+            verdict = assess(record.text, None, thresholds or DetectorThresholds(),
+                             answer_found=grade.extracted is not None, truncated=truncated)
+            outcomes.append(ItemOutcome(
+                record.item_id, record.sample_index, grade.correct, truncated, record.output_tokens,
+                record.thinking_tokens, record.thinking_closed, grade.extracted, verdict.degenerate,
+                list(verdict.reasons)))
+        return outcomes
+
+    def thresholds(self, task_spec: str) -> DetectorThresholds | None:
+        """Degeneracy thresholds calibrated on the live reference's outputs (None: documented defaults)."""
+        if self.config.reference is None:
+            return None
+        self.run(self.config.reference, task_spec)  # calibrates as it grades
+        return self._thresholds[task_spec]
+
+    def completed_runs(self) -> dict[tuple[str, str], TaskRun]:
+        return dict(self._runs)
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self, variant: VariantSpec, task_spec: str) -> TaskRun:
+        """Evaluate ``variant`` on ``task_spec`` once; a failure is remembered and re-raised per check."""
+        key = (variant.label, task_spec)
+        if key in self._runs:
+            return self._runs[key]
+        if variant.label in self._failures:
+            raise self._failures[variant.label]
+        try:
+            self._runs[key] = self._evaluate(variant, task_spec)
+        except QtestsError as error:
+            self._failures[variant.label] = error
+            self.release()
+            raise
+        return self._runs[key]
+
+    def _evaluate(self, variant: VariantSpec, task_spec: str) -> TaskRun:
+        import time
+
+        is_reference = self.config.reference is not None and variant.label == self.config.reference.label
+        thresholds = None if is_reference else self.thresholds(task_spec)
+        started = time.perf_counter()
+        requests = self.requests(variant, task_spec)
+        fingerprint = self.fingerprint(variant, task_spec)
+        canary = None
+        records: list[GenerationRecord] = []
+        if not is_reference and self.config.canary and len(requests) > self.config.canary:
+            picked = canary_indices(len(requests), self.config.canary)
+            canary_requests = [requests[i] for i in picked]
+            canary_records = self.generate(variant, canary_requests, "canary")
+            canary = self.judge_canary(variant, task_spec, canary_requests, canary_records, thresholds, len(requests))
+            if not canary.passed:
+                outcomes = self.grade(task_spec, canary_records, canary_requests, thresholds)
+                return TaskRun(variant, task_spec, canary_records, outcomes, fingerprint, canary,
+                               time.perf_counter() - started)
+        records = self.generate(variant, requests, "generate")
+        if is_reference:
+            # The reference's own outputs are judged with thresholds calibrated on them, like everyone's.
+            thresholds = self._thresholds[task_spec] = calibrate(
+                [r.text for r in records if r.finish_reason != "error"])
+        outcomes = self.grade(task_spec, records, requests, thresholds)
+        return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started)
+
+    def judge_canary(self, variant: VariantSpec, task_spec: str, requests: list[GenerationRequest],
+                     records: list[GenerationRecord], thresholds: DetectorThresholds | None,
+                     full_run_generations: int) -> CanaryResult:
+        outcomes = self.grade(task_spec, records, requests, thresholds)
+        bad = [o for o in outcomes if o.degenerate]
+        reference_bad = p_value = None
+        if self.config.reference is not None:
+            ref_run = self.run(self.config.reference, task_spec)
+            wanted = {(r.item_id, r.sample_index) for r in requests}
+            reference_bad = sum(o.degenerate for o in ref_run.outcomes if (o.item_id, o.sample_index) in wanted)
+            from scipy.stats import fisher_exact
+
+            n = len(outcomes)
+            p_value = float(fisher_exact([[len(bad), n - len(bad)], [reference_bad, n - reference_bad]],
+                                         alternative="greater").pvalue)
+        rate = len(bad) / len(outcomes)
+        failed = rate >= CANARY_MIN_RATE and (p_value is None or p_value < CANARY_P_VALUE)
+        reasons = [f"item {o.item_id}: {o.degenerate_reasons[0]}" for o in bad if o.degenerate_reasons][:3]
+        return CanaryResult(len(outcomes), len(bad), reference_bad, p_value, not failed, reasons, full_run_generations)
+
+    @contextmanager
+    def _generation_lock(self, identity: str) -> Iterator[None]:
+        """One generator per model across xdist workers: others wait, then read the cache."""
+        if self._cache is None or self.config.cache_dir is None:
+            yield
+            return
+        lock_dir = Path(self.config.cache_dir) / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{identity[:32]}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def canary_indices(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over the run, so the canary sees easy and hard items alike."""
+    step = total / count
+    return sorted({min(total - 1, math.floor(i * step)) for i in range(count)})
+
+
+@contextmanager
+def _progress(total: int, description: str) -> Iterator[Any]:
+    """A tqdm bar on the real stderr (pytest captures sys.stderr during tests)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="gen", file=sys.__stderr__, leave=False, mininterval=1.0,
+               dynamic_ncols=True)
+    try:
+        yield bar.update
+    finally:
+        bar.close()

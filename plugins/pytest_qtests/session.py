@@ -1,0 +1,181 @@
+"""The gate of one pytest session: runs -> comparisons -> verdicts, baselines, audit and summary rows.
+
+Knows nothing of pytest: the plugin turns :class:`Verdict` objects into passes, failures and skips.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from .audit import AuditReport, audit
+from .baselines import Baseline, load_baseline, resolve_baseline, save_baseline
+from .config import RunConfig
+from .fingerprint import check_compatible
+from .gate import CheckResult, apply_holm, run_checks
+from .policy import evaluate_policy
+from .records import ItemOutcome, QtestsError, VariantSpec
+from .runner import Evaluator, TaskRun
+
+CHECKS = ("degenerate", "accuracy", "truncation", "length")
+
+
+@dataclass
+class Verdict:
+    """What one test asserts: passed (True/False), or skipped with a reason."""
+
+    passed: bool | None
+    message: str
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return self.passed is None
+
+
+@dataclass
+class ReferenceOutcomes:
+    outcomes: list[ItemOutcome]
+    source: str  # "reference <label>" or "baseline <path>"
+
+
+class GateSession:
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.evaluator = Evaluator(config)
+        self._checks: dict[str, dict[str, dict[str, CheckResult]]] = {}
+        self._audits: dict[str, AuditReport | QtestsError] = {}
+        self._references: dict[tuple[str, str], ReferenceOutcomes | str] = {}
+
+    # -- what the suite parametrizes over ----------------------------------------------------------------
+    @property
+    def variants(self) -> list[VariantSpec]:
+        return self.config.models or ([self.config.reference] if self.config.reference else [])
+
+    def is_reference(self, variant: VariantSpec) -> bool:
+        return self.config.reference is not None and variant.label == self.config.reference.label
+
+    # -- runs and comparisons ---------------------------------------------------------------------------
+    def run(self, variant: VariantSpec, task: str) -> TaskRun:
+        return self.evaluator.run(variant, task)
+
+    def reference_for(self, variant: VariantSpec, task: str) -> ReferenceOutcomes | str:
+        """The outcomes to pair with, from the live reference or a stored baseline; else why there are none."""
+        key = (variant.label, task)
+        if key in self._references:
+            return self._references[key]
+        if self.config.reference is not None and not self.is_reference(variant):
+            found: ReferenceOutcomes | str = ReferenceOutcomes(
+                self.run(self.config.reference, task).outcomes, f"reference {self.config.reference.label}")
+        elif self.config.baseline:
+            baseline = load_baseline(self.config.baseline, self.config.baseline_dir, task)
+            run = self.run(variant, task)
+            check_compatible(baseline.fingerprint, run.fingerprint, self.config.allow_mismatch, baseline.name)
+            path = resolve_baseline(self.config.baseline, self.config.baseline_dir, task)
+            found = ReferenceOutcomes(baseline.items, f"baseline {path}")
+        elif self.is_reference(variant):
+            found = "this is the reference itself"
+        else:
+            found = "no --reference and no stored baseline (--baseline NAME_OR_PATH): nothing to compare with"
+        self._references[key] = found
+        return found
+
+    def checks(self, variant: VariantSpec) -> dict[str, dict[str, CheckResult]]:
+        """Every check of ``variant`` on every task with a reference, Holm-adjusted as one family."""
+        if variant.label in self._checks:
+            return self._checks[variant.label]
+        flat: list[tuple[str, CheckResult]] = []
+        for task in self.config.tasks:
+            reference = self.reference_for(variant, task)
+            run = self.run(variant, task)
+            if isinstance(reference, str) or not run.complete:
+                continue
+            results = run_checks(reference.outcomes, run.outcomes, self.config.tolerances, self.config.alpha,
+                                 self.config.gate_mode, seed=self.config.sampling.seed)
+            flat += [(task, result) for result in results]
+        adjusted = apply_holm([result for _, result in flat])
+        by_task: dict[str, dict[str, CheckResult]] = {}
+        for (task, _), result in zip(flat, adjusted):
+            by_task.setdefault(task, {})[result.check] = result
+        self._checks[variant.label] = by_task
+        return by_task
+
+    def verdict(self, variant: VariantSpec, task: str, check: str) -> Verdict:
+        run = self.run(variant, task)
+        if check == "degenerate" and run.canary is not None and not run.canary.passed:
+            return Verdict(False, f"{variant.label} on {task}: {run.canary.message}",
+                           {"canary.degenerate": run.canary.variant_degenerate, "canary.items": run.canary.n_items})
+        if not run.complete:
+            return Verdict(None, f"{variant.label} failed its canary on {task}; full run not made")
+        reference = self.reference_for(variant, task)
+        if isinstance(reference, str):
+            return Verdict(None, f"{variant.label} on {task}: {reference}")
+        result = self.checks(variant).get(task, {}).get(check)
+        if result is None:
+            return Verdict(None, f"no tolerance for {check} (set it with --fail-on {check}:...)")
+        where = f" [{reference.source}]"
+        return Verdict(result.passed, f"{variant.label} on {task}: {result.message}{where}", result.junit_properties())
+
+    # -- checkpoint audit ----------------------------------------------------------------------------
+    def audit(self, variant: VariantSpec) -> AuditReport:
+        if variant.label not in self._audits:
+            try:
+                self._audits[variant.label] = audit(variant.source, variant.revision)
+            except QtestsError as error:
+                self._audits[variant.label] = error
+        found = self._audits[variant.label]
+        if isinstance(found, QtestsError):
+            raise found
+        return found
+
+    def policy_verdict(self, variant: VariantSpec, policy: str) -> Verdict:
+        result = evaluate_policy(self.audit(variant), policy)
+        return Verdict(result.passed, f"{variant.label}: {result.message}")
+
+    # -- baselines and summary ------------------------------------------------------------------------
+    def save_baselines(self) -> list[str]:
+        """Write a baseline for every complete run of this session; returns the paths written."""
+        written = []
+        for (label, task), run in self.evaluator.completed_runs().items():
+            if run.complete and not any(o.error for o in run.outcomes):
+                baseline = Baseline.from_outcomes(label, run.fingerprint.task, run.fingerprint, run.outcomes)
+                written.append(str(save_baseline(baseline, self.config.baseline_dir)))
+        return written
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per evaluated (variant, task) for the terminal table and reports."""
+        rows = []
+        for (label, task), run in self.evaluator.completed_runs().items():
+            variant = run.variant
+            outcomes = run.outcomes
+            row: dict[str, Any] = {
+                "variant": label, "task": task, "n": len(outcomes),
+                "accuracy": _mean(o.correct for o in outcomes),
+                "truncation": _mean(o.truncated for o in outcomes),
+                "median_tokens": statistics.median([o.output_tokens for o in outcomes]) if outcomes else None,
+                "degenerate": _mean(o.degenerate for o in outcomes),
+                "footprint_bytes": self._footprint(variant),
+                "canary": None if run.canary is None else run.canary.passed,
+                "role": "reference" if self.is_reference(variant) else "variant",
+                "wall_s": run.wall_s,
+            }
+            if run.complete and not self.is_reference(variant) and variant.label in self._checks:
+                results = self._checks[variant.label].get(task, {})
+                row.update({f"{name}_result": result for name, result in results.items()})
+            rows.append(row)
+        return rows
+
+    def _footprint(self, variant: VariantSpec) -> int | None:
+        try:
+            return self.audit(variant).footprint_bytes
+        except QtestsError:
+            return None
+
+    def close(self) -> None:
+        self.evaluator.close()
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,1 @@
+"""The qtests regression suite: run ``pytest qtests --reference ... --model ...`` (or ``--pyargs qtests``)."""
