@@ -33,6 +33,8 @@ class FakeOpenAIServer:
         self.owned_by = owned_by
         self.version = version
         self.received: list[dict[str, Any]] = []  # every completions request: headers and body
+        self.in_flight = 0
+        self.peak_in_flight = 0  # most completions requests being handled at one time
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -92,7 +94,17 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with server._lock:
                 server.received.append({"headers": dict(self.headers), "body": body})
-            step = server.next_step()
+                server.in_flight += 1
+                server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+            try:
+                self._answer(body, server.next_step())
+            except ConnectionError:
+                pass  # the client gave up on this request (cancelled or timed out)
+            finally:
+                with server._lock:
+                    server.in_flight -= 1
+
+        def _answer(self, body: dict[str, Any], step: str) -> None:
             if step.startswith("slow:"):
                 time.sleep(float(step.split(":", 1)[1]))
                 step = "ok"
@@ -103,7 +115,8 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             elif step == "missing":
                 self._send(200, json.dumps({"choices": [{"text": "x"}], "usage": {}}).encode())
             else:
-                echoed = json.dumps({"error": f"failed; request had Authorization: {self.headers.get('Authorization')}"})
+                authorization = self.headers.get("Authorization")
+                echoed = json.dumps({"error": f"failed; request had Authorization: {authorization}"})
                 self._send(int(step), echoed.encode(), {"Retry-After": "0"} if step == "429" else None)
 
     return Handler

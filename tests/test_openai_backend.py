@@ -83,6 +83,7 @@ def test_concurrent_requests_come_back_in_request_order_with_progress():
     assert [r.item_id for r in records] == [r.item_id for r in requests]
     assert [r.text for r in records] == [THINK_PREFIX + f"prompt {i}" for i in range(24)]
     assert sum(seen) == 24
+    assert 1 < server.peak_in_flight <= 8  # concurrent, and never more than asked for
 
 
 def test_a_fleet_shares_the_requests_round_robin():
@@ -149,6 +150,14 @@ def test_a_rejected_request_is_not_retried():
         with pytest.raises(QtestsError, match=r"rejected the request \(HTTP 400.*--max-tokens"):
             OpenAIBackend(SPEC, [server.base_url], **FAST).generate([request()])
     assert len(server.received) == 1
+
+
+def test_a_failed_run_cancels_requests_still_in_flight():
+    with FakeOpenAIServer(["slow:5", "400"]) as server:
+        started = time.perf_counter()
+        with pytest.raises(QtestsError, match="HTTP 400"):
+            OpenAIBackend(SPEC, [server.base_url], **FAST).generate([request("slow"), request("rejected")])
+        assert time.perf_counter() - started < 2  # did not wait for the slow request
 
 
 def test_api_key_is_sent_but_never_in_errors_logs_or_records(monkeypatch, caplog):

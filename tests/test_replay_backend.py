@@ -109,7 +109,8 @@ def test_a_continuation_request_is_an_error_not_the_full_output(tmp_path):
     ('{"output": "x"}', 'line 2: "id" is missing'),
     ('{"id": true, "output": "x"}', 'line 2: "id" is missing or not a string or integer'),
     ('{"id": "1"}', 'line 2: "output" is missing'),
-    ('{"id": "1", "output": "x", "finish_reason": "eos"}', "line 2: \"finish_reason\" is 'eos', not one of stop, length"),
+    ('{"id": "1", "output": "x", "finish_reason": "eos"}',
+     "line 2: \"finish_reason\" is 'eos', not one of stop, length"),
     ('{"id": "1", "output": "x", "output_tokens": -1}', 'line 2: "output_tokens" is -1'),
     ('{"id": "1", "output": "x", "sample_index": 1.5}', 'line 2: "sample_index" is 1.5'),
     ('{"id": 0, "output": "again"}', "line 2: item 0 sample 0 was already replayed on line 1"),
@@ -145,8 +146,8 @@ def test_missing_counts_without_a_tokenizer_are_an_error_not_a_guess(tmp_path):
         ReplayBackend(path)
 
 
-@pytest.mark.xfail(strict=True, reason="base.make_record estimates thinking in characters, not output tokens, "
-                                       "when the engine gives no token ids; remove this mark once it scales by output_tokens")
+@pytest.mark.xfail(strict=True, reason="base.make_record estimates thinking in characters, not output tokens, when "
+                   "the engine gives no token ids; remove this mark once it scales by output_tokens")
 def test_estimated_thinking_tokens_are_counted_in_output_tokens(tmp_path):
     thought = "<think>\n" + "x" * 400 + "\n</think>\nok"
     path = write_jsonl(tmp_path / "t.jsonl", [{"id": "0", "output": thought, "output_tokens": 10, "prompt_tokens": 1}])

@@ -17,15 +17,13 @@ are not retried. The API key is read from the environment only and redacted from
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
 import random
-import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import httpx
 
@@ -70,10 +68,6 @@ class _Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
-class _Stopped(Exception):
-    """Another request already failed the run; this one gives up without a message of its own."""
-
-
 class OpenAIBackend:
     name = "openai"
 
@@ -108,39 +102,36 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._api_key = os.environ.get(api_key_env) or None  # kept only to send and to redact
-        self._client: httpx.Client | None = None
         self._info: ServerInfo | None = None
         self._random = random.Random()
 
-    # -- connection and identity ---------------------------------------------------------------------
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._client = httpx.Client(
-                headers=headers,
-                timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
-                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-            )
-        return self._client
-
+    # -- identity --------------------------------------------------------------------------------------
     def server_info(self) -> ServerInfo:
         """Ask every server what it serves; a fleet must serve the same model on the same engine."""
         if self._info is None:
-            infos = {url: self._discover(url) for url in self.base_urls}
+            infos = dict(zip(self.base_urls, asyncio.run(self._discover_all())))
             distinct = set(infos.values())
             if len(distinct) > 1:
                 described = "; ".join(f"{url}: {_describe(info)}" for url, info in infos.items())
                 raise QtestsError(
-                    f"openai servers disagree ({described}); point --base-url at servers of one model and engine version"
+                    f"openai servers disagree ({described}); "
+                    "point --base-url at servers of one model and engine version"
                 )
             self._info = distinct.pop()
         return self._info
 
-    def _discover(self, base_url: str) -> ServerInfo:
-        listing = self._with_retries([base_url], lambda url: self._get_json(f"{url}/models"), "GET /models",
-                                     threading.Event())
+    async def _discover_all(self) -> list[ServerInfo]:
+        async with self._client() as client:
+            return await _gather_or_cancel([self._discover(client, url) for url in self.base_urls])
+
+    async def _discover(self, client: httpx.AsyncClient, base_url: str) -> ServerInfo:
+        async def list_models(url: str) -> Any:
+            return _decode_json(await self._send(client, "GET", f"{url}/models", None))
+
+        listing = await self._with_retries([base_url], list_models, "GET /models")
         models = listing.get("data") if isinstance(listing, dict) else None
-        if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
+        listed = isinstance(models, list) and all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models)
+        if not listed:
             raise QtestsError(
                 f"openai server {base_url} answered GET /models without a model list; "
                 "check that --base-url points at an OpenAI-compatible API (usually http://HOST:PORT/v1)"
@@ -149,7 +140,7 @@ class OpenAIBackend:
         model = self._choose_model(base_url, served)
         owner = served[model].get("owned_by")
         return ServerInfo(server=owner if isinstance(owner, str) and owner else "unknown",
-                          version=self._server_version(base_url), model=model)
+                          version=await _server_version(client, base_url), model=model)
 
     def _choose_model(self, base_url: str, served: dict[str, dict]) -> str:
         """The model to request: ``model_name`` if given, else the spec's source, else the only one served."""
@@ -163,24 +154,12 @@ class OpenAIBackend:
             "pass the served model name with --openai-model"
         )
 
-    def _server_version(self, base_url: str) -> str | None:
-        """``/version`` at the server root (vLLM, SGLang); None where the server has no such route."""
-        root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
-        try:
-            response = self._http().get(f"{root}/version")
-            version = response.json().get("version") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return version if isinstance(version, str) else None
-
     def engine_version(self) -> str:
         info = self.server_info()
         return f"openai-compatible {_describe(info)}"
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Nothing held between calls: each ``generate`` opens and closes its own connections."""
 
     # -- generation ------------------------------------------------------------------------------------
     def generate(
@@ -188,56 +167,46 @@ class OpenAIBackend:
     ) -> list[GenerationRecord]:
         """All requests in flight at once (up to ``concurrency``), spread round-robin over the fleet.
 
-        The first request whose retries run out stops the run: the others are cancelled, and the error
-        propagates; records of finished chunks are already in the cache.
+        Runs on asyncio so that the first request whose retries run out (or Ctrl-C) really cancels
+        the others, open connections included, instead of leaving threads waiting on slow servers.
+        The error then propagates; records of earlier chunks are already in the cache.
         """
+        if not requests:
+            return []
         info = self.server_info()
+        completions = asyncio.run(self._complete_all(info, requests, progress))
         close_id = think_close_id(self.tokenizer) if self.tokenizer is not None else None
-        stop = threading.Event()  # set when the run fails, so the other requests stop retrying
-        records: dict[int, GenerationRecord] = {}
-        executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="qtests-openai")
-        try:
-            position = {executor.submit(self._complete, info, request, index, stop): index
-                        for index, request in enumerate(requests)}
-            pending = set(position)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                failures = [future.exception() for future in done if future.exception() is not None]
-                if failures:
-                    raise next((error for error in failures if not isinstance(error, _Stopped)), failures[0])
-                for future in done:
-                    completion, request = future.result(), requests[position[future]]
-                    records[position[future]] = make_record(
-                        request, completion.text, completion.prompt_tokens, completion.token_ids,
-                        completion.finish_reason, completion.latency_s, close_id,
-                        output_tokens=completion.completion_tokens)
+        return [make_record(request, c.text, c.prompt_tokens, c.token_ids, c.finish_reason, c.latency_s, close_id,
+                            output_tokens=c.completion_tokens)
+                for request, c in zip(requests, completions)]
+
+    async def _complete_all(self, info: ServerInfo, requests: Sequence[GenerationRequest],
+                            progress: ProgressCallback | None) -> list[Completion]:
+        slots = asyncio.Semaphore(self.concurrency)
+        fleet = len(self.base_urls)
+
+        async with self._client() as client:
+            async def complete(index: int, request: GenerationRequest) -> Completion:
+                body = completion_body(info, request)
+                first = index % fleet  # round-robin over the fleet; each retry moves on to the next server
+                async with slots:
+                    completion = await self._with_retries(
+                        self.base_urls[first:] + self.base_urls[:first],
+                        lambda url: self._post_completion(client, url, body, request.prompt + request.continuation),
+                        f"item {request.item_id}")
                 if progress:
-                    progress(len(done))
-        finally:
-            if len(records) < len(requests):
-                stop.set()  # a failure or Ctrl-C: wake retry sleeps so abandoned threads end quickly
-            executor.shutdown(wait=False, cancel_futures=True)
-        return [records[index] for index in range(len(requests))]
+                    progress(1)
+                return completion
 
-    def _complete(self, info: ServerInfo, request: GenerationRequest, index: int, stop: threading.Event) -> Completion:
-        body = completion_body(info, request)
-        first = index % len(self.base_urls)  # round-robin over the fleet; retries move on to the next server
-        return self._with_retries(
-            self.base_urls[first:] + self.base_urls[:first],
-            lambda url: self._post_completion(url, body, request.prompt + request.continuation),
-            f"item {request.item_id}", stop,
-        )
+            return await _gather_or_cancel([complete(index, request) for index, request in enumerate(requests)])
 
-    def _with_retries(self, urls: list[str], call, subject: str, stop: threading.Event):
-        """``call(url)`` until it succeeds, attempt ``k`` going to ``urls[k % len(urls)]``; ``stop`` ends
-        the retries early (and cuts the backoff sleep short) once the run has failed."""
+    async def _with_retries(self, urls: list[str], call: Callable[[str], Awaitable[Any]], subject: str) -> Any:
+        """``await call(url)`` until it succeeds, attempt ``k`` going to ``urls[k % len(urls)]``."""
         attempts = self.max_retries + 1
         for attempt in range(attempts):
-            if stop.is_set():
-                raise _Stopped()
             url = urls[attempt % len(urls)]
             try:
-                return call(url)
+                return await call(url)
             except _Retryable as failure:
                 if attempt + 1 == attempts:
                     raise QtestsError(self._redact(
@@ -247,7 +216,7 @@ class OpenAIBackend:
                 log.warning(self._redact(
                     f"openai server {url} {failure.what} for {subject} (attempt {attempt + 1}/{attempts}); "
                     f"retrying in {delay:.2f}s"))
-                stop.wait(delay)
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
@@ -259,19 +228,25 @@ class OpenAIBackend:
         return min(delay, self.backoff_max_s)
 
     # -- one HTTP exchange -------------------------------------------------------------------------------
-    def _get_json(self, url: str) -> Any:
-        response = self._send("GET", url, None)
-        return _decode_json(response)
+    def _client(self) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
 
-    def _post_completion(self, base_url: str, body: dict[str, Any], prompt: str) -> Completion:
+    async def _post_completion(self, client: httpx.AsyncClient, base_url: str, body: dict[str, Any],
+                               prompt: str) -> Completion:
         started = time.perf_counter()
-        response = self._send("POST", f"{base_url}/completions", body)
+        response = await self._send(client, "POST", f"{base_url}/completions", body)
         latency = time.perf_counter() - started
         return self._parse_completion(_decode_json(response), prompt, latency)
 
-    def _send(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+    async def _send(self, client: httpx.AsyncClient, method: str, url: str,
+                    body: dict[str, Any] | None) -> httpx.Response:
         try:
-            response = self._http().request(method, url, json=body)
+            response = await client.request(method, url, json=body)
         except httpx.TimeoutException:
             raise _Retryable(f"did not answer within {self.timeout_s:g}s", f"{method} {url} timed out",
                              "raise the openai timeout, lower the concurrency, or check the server load") from None
@@ -368,6 +343,28 @@ def completion_body(info: ServerInfo, request: GenerationRequest) -> dict[str, A
 
 def _count_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+async def _gather_or_cancel(jobs: list[Awaitable[Any]]) -> list[Any]:
+    """Results of all jobs in order; the first failure cancels the rest (and closes their requests)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _server_version(client: httpx.AsyncClient, base_url: str) -> str | None:
+    """``/version`` at the server root (vLLM, SGLang); None where the server has no such route."""
+    root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+    try:
+        response = await client.get(f"{root}/version")
+        version = response.json().get("version") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
 
 
 def _describe(info: ServerInfo) -> str:
