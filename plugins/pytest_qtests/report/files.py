@@ -1,52 +1,239 @@
-"""Files for CI: ``results.json`` (every number of the run) and ``summary.md`` (a GitHub step summary)."""
+"""The files of ``--qt-report DIR``: ``results.json``, ``summary.md``, ``flips.jsonl`` and ``report.html``.
+
+``results.json`` holds every number of the run and is validated against ``schemas/results.schema.json``
+before it is written, so a consumer (a dashboard, a model card generator) can rely on its shape.
+``summary.md`` fits ``$GITHUB_STEP_SUMMARY`` or a model card; ``flips.jsonl`` lists the samples whose
+grade differs between reference and variant, with both outputs, so a reader sees *why* accuracy moved;
+``report.html`` is one self-contained page with plots. Every file is written atomically (a temporary
+file in the same directory replaces the target), so a crash never leaves half a report.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .format import cell_delta, cell_footprint, cell_rate, cell_ratio, row_verdict
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from .. import __version__
+from ..config import RunConfig
+from ..gate import CheckResult
+from ..records import QtestsError
+from .evidence import (
+    RunEvidence,
+    degeneracy_digest,
+    degeneracy_lines,
+    failure_messages,
+    find_flips,
+    finite_or_none,
+    gather,
+    rate_interval,
+    thinking_distribution,
+)
+from .format import TABLE_COLUMNS, row_verdict, table_cells
+from .html import render_html
+
+RESULTS_SCHEMA_VERSION = 1
 
 
-def _atomic_write(path: Path, text: str) -> None:
+# ---------------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    The file is made world-readable (0644) like an ordinary file: CI uploads reports as artifacts.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in row.items():
-        if key.endswith("_result"):
-            out[key[: -len("_result")]] = {
-                "passed": value.passed, "estimate": value.estimate, "ci_low": value.ci_low,
-                "ci_high": value.ci_high, "margin": value.margin, "p_value": value.p_value,
-                "adjusted_p_value": value.adjusted_p_value, "message": value.message}
-        else:
-            out[key] = value
-    return out
-
-
-def markdown_summary(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | task | footprint | accuracy | Δ acc | truncated | Δ trunc | length × | degenerate | verdict |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        lines.append("| " + " | ".join([
-            row["variant"] + (" (ref)" if row["role"] == "reference" else ""), row["task"],
-            cell_footprint(row["footprint_bytes"]), cell_rate(row["accuracy"]), cell_delta(row.get("accuracy_result")),
-            cell_rate(row["truncation"]), cell_delta(row.get("truncation_result")), cell_ratio(row.get("length_result")),
-            cell_rate(row["degenerate"]), row_verdict(row)]) + " |")
-    failures = [r.message for row in rows for k, r in row.items() if k.endswith("_result") and not r.passed]
-    if failures:
-        lines += ["", "### Failed checks", ""] + [f"- {message}" for message in failures]
-    return "\n".join(lines) + "\n"
+def settings_of(config: RunConfig) -> dict[str, Any]:
+    """The settings a reader of ``results.json`` needs to interpret the numbers."""
+    return {
+        "reference": config.reference.label if config.reference is not None else None,
+        "baseline": config.baseline,
+        "tasks": list(config.tasks),
+        "backend": config.backend,
+        "gate_mode": config.gate_mode,
+        "alpha": config.alpha,
+        "fail_on": {check: tolerance.text for check, tolerance in config.tolerances.items()},
+        "max_tokens": config.sampling.max_tokens,
+        "repeats": config.repeats,
+        "canary": config.canary,
+        "limit": config.limit,
+        "thinking": config.thinking,
+    }
 
 
 def write_reports(gate: Any, directory: Path) -> None:
-    rows = gate.summary_rows()
-    _atomic_write(directory / "results.json", json.dumps([_jsonable(r) for r in rows], indent=2, default=str))
-    _atomic_write(directory / "summary.md", markdown_summary(rows))
+    """Entry point of ``--qt-report DIR``: gather the session's evidence and write every report file."""
+    write_report_files(gather(gate), settings_of(gate.config), Path(directory))
+
+
+def write_report_files(entries: Sequence[RunEvidence], settings: dict[str, Any], directory: Path) -> list[Path]:
+    """Write the four report files into ``directory``; returns their paths.
+
+    ``results.json`` is validated first: nothing is written when it does not match its schema.
+    """
+    document = results_document(entries, settings)
+    problem = results_problem(document)
+    if problem:
+        raise QtestsError(f"refusing to write {directory / 'results.json'}: {problem}; this is a qtests bug, please report it")
+    written = {
+        "results.json": json.dumps(document, indent=1, allow_nan=False, ensure_ascii=False) + "\n",
+        "summary.md": markdown_summary(entries),
+        "flips.jsonl": flips_jsonl(entries),
+        "report.html": render_html(entries, settings),
+    }
+    paths = []
+    for name, text in written.items():
+        atomic_write(directory / name, text)
+        paths.append(directory / name)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# results.json
+
+
+def check_document(result: CheckResult) -> dict[str, Any]:
+    return {
+        "check": result.check, "mode": result.mode, "passed": result.passed,
+        "reference_value": finite_or_none(result.reference_value), "variant_value": result.variant_value,
+        "estimate": result.estimate, "ci_low": finite_or_none(result.ci_low), "ci_high": finite_or_none(result.ci_high),
+        "confidence": finite_or_none(result.confidence), "margin": result.margin, "limit_text": result.limit_text,
+        "p_value": finite_or_none(result.p_value), "adjusted_p_value": finite_or_none(result.adjusted_p_value),
+        "method": result.method, "n_items": result.n_items, "message": result.message,
+    }
+
+
+def _canary_document(canary: Any) -> dict[str, Any] | None:
+    if canary is None:
+        return None
+    return {
+        "passed": canary.passed, "n_items": canary.n_items, "variant_degenerate": canary.variant_degenerate,
+        "reference_degenerate": canary.reference_degenerate, "p_value": finite_or_none(canary.p_value),
+        "full_run_generations": canary.full_run_generations, "reasons": list(canary.reasons),
+        "message": canary.message,
+    }
+
+
+def _interval(entry: RunEvidence, attribute: str) -> list[float] | None:
+    interval = rate_interval(entry.outcomes, attribute)
+    return None if interval is None else [interval.low, interval.high]
+
+
+def run_document(entry: RunEvidence) -> dict[str, Any]:
+    """One variant x task of ``results.json``."""
+    row = entry.row
+    flips = find_flips(entry)
+    thinking = thinking_distribution(entry.outcomes)
+    reference_thinking = thinking_distribution(entry.reference_outcomes or [])
+    return {
+        "variant": entry.variant,
+        "task": entry.task,
+        "role": entry.role,
+        "complete": entry.complete,
+        "verdict": row_verdict(row),
+        "reference_source": entry.reference_source,
+        "summary": {
+            "n_samples": len(entry.outcomes),
+            "n_items": len({o.item_id for o in entry.outcomes}),
+            "accuracy": finite_or_none(row.get("accuracy")),
+            "accuracy_ci": _interval(entry, "correct"),
+            "truncation": finite_or_none(row.get("truncation")),
+            "truncation_ci": _interval(entry, "truncated"),
+            "median_output_tokens": finite_or_none(row.get("median_tokens")),
+            "degenerate": finite_or_none(row.get("degenerate")),
+            "footprint_bytes": row.get("footprint_bytes"),
+            "wall_s": float(row.get("wall_s") or 0.0),
+        },
+        "checks": {name: check_document(result) for name, result in entry.checks.items()},
+        "canary": _canary_document(entry.canary),
+        "degeneracy": degeneracy_digest(entry.outcomes, entry.records).to_dict(),
+        "thinking": thinking.to_dict() if thinking else None,
+        "reference_thinking": reference_thinking.to_dict() if reference_thinking else None,
+        "flips": {"lost": sum(f.direction == "lost" for f in flips), "gained": sum(f.direction == "gained" for f in flips)},
+        "fingerprint": entry.fingerprint,
+    }
+
+
+def results_document(entries: Sequence[RunEvidence], settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "qtests_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "runs": [run_document(entry) for entry in entries],
+    }
+
+
+@lru_cache(maxsize=1)
+def results_validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("pytest_qtests").joinpath("schemas/results.schema.json").read_text("utf-8")
+    return jsonschema.Draft202012Validator(json.loads(text), format_checker=jsonschema.FormatChecker())
+
+
+def results_problem(document: Any) -> str | None:
+    """``None`` when ``document`` matches the results schema, else one line naming the field."""
+    error = best_match(results_validator().iter_errors(document))
+    if error is None:
+        return None
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path).lstrip(".")
+    return f"{where or 'the document'}: {error.message}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# summary.md and flips.jsonl
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_summary(entries: Sequence[RunEvidence]) -> str:
+    """The verdict table, then failed checks, then degeneracy reasons: a GitHub step summary or model card."""
+    lines = ["## qtests verdicts", "",
+             "| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|" + "|".join("---" if c in ("variant", "task", "verdict") else "---:" for c in TABLE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in table_cells(entry.row)) + " |" for entry in entries]
+    failures = failure_messages(entries)
+    if failures:
+        lines += ["", "### Failed checks", ""] + [f"- {_markdown_cell(message)}" for message in failures]
+    degenerate = degeneracy_lines(entries)
+    if degenerate:
+        lines += ["", "### Degenerate output", ""] + [f"- {_markdown_cell(line)}" for line in degenerate]
+    flips = [(entry, find_flips(entry)) for entry in entries if entry.reference_outcomes is not None]
+    if flips:
+        lines += ["", "### Items that flipped (details in flips.jsonl)", ""]
+        for entry, found in flips:
+            lost = sum(f.direction == "lost" for f in found)
+            lines.append(f"- {entry.variant} on {entry.task}: {lost} lost, {len(found) - lost} gained "
+                         f"vs {entry.reference_source}")
+    return "\n".join(lines) + "\n"
+
+
+def flips_jsonl(entries: Sequence[RunEvidence]) -> str:
+    """One JSON object per flipped sample of every variant x task, with both outputs."""
+    rows = [json.dumps(flip.to_dict(), ensure_ascii=False) for entry in entries for flip in find_flips(entry)]
+    return "".join(row + "\n" for row in rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..gate import CheckResult
+from ..gate import CHECKS, CheckResult
 
 
 def cell_rate(value: float | None) -> str:
@@ -43,3 +43,42 @@ def row_verdict(row: dict[str, Any]) -> str:
         return "no comparison"
     failed = [r.check for r in results if not r.passed]
     return "PASS" if not failed else "FAIL " + ",".join(failed)
+
+
+def _is_ratio(result: CheckResult) -> bool:
+    return CHECKS[result.check].kind == "ratio" if result.check in CHECKS else False
+
+
+def cell_estimate(result: CheckResult) -> str:
+    """The estimate in its natural unit: ``-5.0 pp`` for rates, ``x1.18`` for length ratios."""
+    return f"x{result.estimate:.2f}" if _is_ratio(result) else f"{100 * result.estimate:+.1f} pp"
+
+
+def cell_interval(result: CheckResult) -> str:
+    """The two-sided interval the verdict uses, e.g. ``[-9.1, -0.9] pp (90%)``; ``-`` when there is none."""
+    if result.ci_low is None or result.ci_high is None:
+        return "-"
+    level = f" ({result.confidence:.0%})" if result.confidence else ""
+    if _is_ratio(result):
+        return f"[x{result.ci_low:.2f}, x{result.ci_high:.2f}]{level}"
+    return f"[{100 * result.ci_low:+.1f}, {100 * result.ci_high:+.1f}] pp{level}"
+
+
+def cell_p(p_value: float | None) -> str:
+    if p_value is None:
+        return "-"
+    return f"{p_value:.1e}" if p_value < 1e-4 else f"{p_value:.3g}"
+
+
+TABLE_COLUMNS = ("variant", "task", "footprint", "accuracy", "Δ acc", "truncated", "Δ trunc", "length ×",
+                 "degenerate", "verdict")
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """The verdict table's cells of one row (shared by Markdown and HTML)."""
+    return [
+        row["variant"] + (" (ref)" if row["role"] == "reference" else ""), row["task"],
+        cell_footprint(row["footprint_bytes"]), cell_rate(row["accuracy"]), cell_delta(row.get("accuracy_result")),
+        cell_rate(row["truncation"]), cell_delta(row.get("truncation_result")), cell_ratio(row.get("length_result")),
+        cell_rate(row["degenerate"]), row_verdict(row),
+    ]

@@ -1,34 +1,35 @@
-"""The verdict table printed at the end of a session: one row per variant x task."""
+"""The verdict table printed at the end of a session: one row per variant x task, then degeneracy reasons."""
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-from .format import cell_delta, cell_footprint, cell_rate, cell_ratio, row_verdict
+from .evidence import RunEvidence, degeneracy_lines, gather
+from .format import TABLE_COLUMNS, table_cells
 
 
 def render_table(rows: list[dict[str, Any]], width: int = 120) -> str:
     table = Table(show_lines=False, header_style="bold")
-    for column in ("variant", "task", "footprint", "accuracy", "Δ acc", "truncated", "Δ trunc",
-                   "length ×", "degenerate", "verdict"):
+    for column in TABLE_COLUMNS:
         table.add_column(column, justify="left" if column in ("variant", "task", "verdict") else "right")
     for row in rows:
-        table.add_row(
-            row["variant"] + (" (ref)" if row["role"] == "reference" else ""),
-            row["task"],
-            cell_footprint(row["footprint_bytes"]),
-            cell_rate(row["accuracy"]),
-            cell_delta(row.get("accuracy_result")),
-            cell_rate(row["truncation"]),
-            cell_delta(row.get("truncation_result")),
-            cell_ratio(row.get("length_result")),
-            cell_rate(row["degenerate"]),
-            row_verdict(row),
-        )
+        table.add_row(*table_cells(row))
     buffer = io.StringIO()
     Console(file=buffer, width=max(width, 150), force_terminal=False, color_system=None).print(table)
     return buffer.getvalue()
+
+
+def render_entries(entries: Sequence[RunEvidence], width: int = 120) -> str:
+    """The table, then one line per variant x task with degenerate outputs (top reasons, one example each)."""
+    text = render_table([entry.row for entry in entries], width)
+    lines = degeneracy_lines(entries)
+    return text + "".join(line + "\n" for line in lines)
+
+
+def render_summary(gate: Any, width: int = 120) -> str:
+    """What ``pytest_terminal_summary`` prints for a gate session."""
+    return render_entries(gather(gate), width)
