@@ -2,8 +2,9 @@
 
 The runs are built the way the evaluator builds them, without an engine: texts -> GenerationRecords,
 real thinking extents, real degeneracy verdicts (thresholds calibrated on the reference's texts) and
-real gate checks, Holm-adjusted per variant. The slow end-to-end run of ``--qt-report`` on the zoo is
-done by hand (see the report of the change that added this file), not here.
+real gate checks, Holm-adjusted per variant. One test drives ``write_reports`` through a real
+GateSession whose "engine" is the replay backend (outputs read from files). The slow run of
+``--qt-report`` with generation on the zoo is done by hand, not here.
 """
 
 from __future__ import annotations
@@ -376,3 +377,70 @@ def test_real_detector_reasons_are_grouped_by_their_label():
     assert verdict.degenerate
     assert [r.kind for r in digest.top_reasons] == ["loop", "repetition", "answer absent"]
     assert [r.reason for r in digest.top_reasons] == verdict.reasons
+
+
+# ---------------------------------------------------------------------------------------------------
+# From a real gate session (replay backend: outputs from files, no engine)
+
+
+def test_write_reports_from_a_replayed_gate_session(tmp_path):
+    """``write_reports(gate, dir)`` on a real GateSession whose engines are replay files."""
+    from pytest_qtests.config import RunConfig
+    from pytest_qtests.records import VariantSpec
+    from pytest_qtests.report.files import write_reports
+    from pytest_qtests.report.terminal import render_summary
+    from pytest_qtests.session import GateSession
+    from pytest_qtests.tasks.loaders import load_task
+    from pytest_qtests.tasks.registry import get_task
+
+    zoo = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+    items = load_task(get_task("zoo"), limit=24).items
+
+    def replay(name: str, output) -> str:
+        path = tmp_path / f"{name}.jsonl"
+        lines = []
+        for index, task_item in enumerate(items):
+            text, finish = output(index, task_item)
+            lines.append(json.dumps({"id": task_item.item_id, "output": text, "finish_reason": finish,
+                                     "output_tokens": len(text), "prompt_tokens": 8}))
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    def right(index, task_item):
+        return f"<think>\n{task_item.question}=..\n</think>\nAnswer: {task_item.answer}", "stop"
+
+    def two_wrong(index, task_item):
+        if index in (3, 17):
+            return f"<think>\n{task_item.question}=..\nwait\n</think>\nAnswer: {int(task_item.answer) + 1}", "stop"
+        return right(index, task_item)
+
+    config = RunConfig(
+        reference=VariantSpec("bf16", str(zoo / "tiny-qwen3next")),
+        models=[VariantSpec("int2", str(zoo / "int2-default")), VariantSpec("broken", str(zoo / "nvfp4-broken"))],
+        tasks=["zoo"], backend="replay", limit=24, canary=8, cache_dir=None, tolerances=dict(TOLERANCES),
+        replay={"bf16": replay("bf16", right), "int2": replay("int2", two_wrong),
+                "broken": replay("broken", lambda index, task_item: ("!" * CAP, "length"))},
+    )
+    gate = GateSession(config)
+    try:
+        for variant in config.models:
+            gate.run(variant, "zoo")
+            gate.checks(variant)
+        write_reports(gate, tmp_path / "report")
+        terminal = render_summary(gate, width=150)
+    finally:
+        gate.close()
+    document = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results_problem(document) is None
+    assert [(run["variant"], run["verdict"]) for run in document["runs"]] == [
+        ("bf16", "reference"), ("int2", "PASS"), ("broken", "FAIL (canary)")]
+    int2 = by_name(document, "int2", "zoo")
+    assert int2["reference_source"] == "reference bf16" and int2["flips"] == {"lost": 2, "gained": 0}
+    assert int2["summary"]["footprint_bytes"] < by_name(document, "bf16", "zoo")["summary"]["footprint_bytes"]
+    flips = [json.loads(line) for line in (tmp_path / "report" / "flips.jsonl").read_text().splitlines()]
+    assert {(f["variant"], f["item_id"]) for f in flips if f["variant"] == "int2"} == {
+        ("int2", items[3].item_id), ("int2", items[17].item_id)}
+    assert all(f["expected"] is not None and "wait" in f["variant_output"]["text"] for f in flips if f["variant"] == "int2")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "broken on zoo: 8/8 degenerate (canary) — loop ×8" in summary
+    assert "FAIL (canary)" in terminal and "broken on zoo: 8/8 degenerate (canary) — loop ×8" in terminal

@@ -179,6 +179,7 @@ def thinking_plot(entries: Sequence[RunEvidence]) -> bytes | None:
             labels.append(f"{one.label}\nnever closed {distribution.never_closed:.0%}")
         axis.set_yticks(range(len(series)), labels)
         axis.set_ylim(-0.6, len(series) - 0.4)
+        axis.set_xlim(left=0)
         axis.set_xlabel("thinking tokens")
         axis.set_title(task)
         axis.grid(axis="x", alpha=0.3)
