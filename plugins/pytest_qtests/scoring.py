@@ -9,6 +9,7 @@ as a huge "divergence".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from .divergence import DivergenceReport, compare_logprobs
 from .records import QtestsError
@@ -27,6 +28,21 @@ class TokenScores:
     token_ids: list[int]
     logprobs: list[float]
     topk: list[dict[int, float]]
+
+
+def scores_from_logits(token_ids: Sequence[int], logits: Any, top_k: int = TOP_K) -> TokenScores:
+    """:class:`TokenScores` of one text from a causal LM's logits over it (a ``[len(token_ids), vocab]``
+    torch tensor, as one forward pass of transformers gives): position i's logits predict token i+1."""
+    import torch
+
+    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    targets = torch.as_tensor(list(token_ids[1:]), dtype=torch.long)
+    top = torch.topk(logprobs, top_k, dim=-1)
+    return TokenScores(
+        token_ids=targets.tolist(),
+        logprobs=logprobs.gather(1, targets[:, None])[:, 0].tolist(),
+        topk=[dict(zip(ids.tolist(), values.tolist())) for ids, values in zip(top.indices, top.values)],
+    )
 
 
 def compare_scores(reference: TokenScores, variant: TokenScores) -> DivergenceReport:

@@ -57,15 +57,21 @@ def typed_engine_value(value: EngineArgValue) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise QtestsError(f"engine argument value {text!r} is not valid JSON ({error.msg}); quote it as JSON") from None
+            raise QtestsError(
+                f"engine argument value {text!r} is not valid JSON ({error.msg}); quote it as JSON"
+            ) from None
     return text
+
+
+def engine_arg_name(key: str) -> str:
+    """vLLM's Python name for an engine argument written as on its command line (``--max-model-len``)."""
+    return key.strip().lstrip("-").replace("-", "_")
 
 
 def engine_kwargs(spec: VariantSpec, dtype: str, engine_args: dict[str, EngineArgValue] | None) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM``: the variant's location, then the user's engine args on top.
 
-    Keys may be written as on vLLM's command line (``max-model-len``); they are normalized to the
-    Python names (``max_model_len``).
+    Keys may be written as on vLLM's command line (``max-model-len``).
     """
     kwargs: dict[str, Any] = {
         "model": spec.source,
@@ -77,14 +83,14 @@ def engine_kwargs(spec: VariantSpec, dtype: str, engine_args: dict[str, EngineAr
         "seed": 0,
     }
     for key, value in (engine_args or {}).items():
-        kwargs[key.strip().lstrip("-").replace("-", "_")] = typed_engine_value(value)
+        kwargs[engine_arg_name(key)] = typed_engine_value(value)
     return kwargs
 
 
 # -- the engine's own error line -------------------------------------------------------------------
 
 _LOG_PREFIX = re.compile(r"^(\([\w ]+pid=\d+\)\s+)?((ERROR|WARNING|INFO|DEBUG)\s+\S+\s+\S+\s+\[[^\]]*\]\s*)?")
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)|AssertionError)(: .*)?$")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
 # vLLM's wrappers around a child's failure: they point elsewhere instead of naming the cause
 _WRAPPER_MESSAGES = ("see root cause above", "see stack trace for root cause", "engine core initialization failed")
 
@@ -107,47 +113,63 @@ class OutputTee:
     """Copy file descriptors 1 and 2 through pipes while keeping their last lines.
 
     Child processes started while the tee is on inherit the pipes, so their output is kept too.
-    Everything is forwarded to the original streams as it arrives (the user still sees vLLM's logs);
-    after :meth:`restore` this process writes to its original streams again while children keep
-    writing into the pipes, which are forwarded until the children exit.
+    Everything is forwarded to the original streams as it arrives (the user still sees vLLM's logs).
+    On exit this process writes to its original streams again and waits until everything written
+    into the pipes so far has been read (a marker sent through each pipe comes out), so the kept
+    lines include a failed child's last words; children still alive keep writing into the pipes,
+    which are forwarded until the children exit.
     """
+
+    _MARKER = b"\x00qtests-output-tee-drained\x00"
+    _READ_SIZE = 1 << 20  # above the pipe's capacity: one read takes the whole marker (written atomically)
 
     def __init__(self, keep_lines: int = 2000):
         self.lines: deque[str] = deque(maxlen=keep_lines)
         self._saved: dict[int, int] = {}
+        self._writers: dict[int, int] = {}
+        self._drained: dict[int, threading.Event] = {}
+        self._keeping = True
 
     def __enter__(self) -> OutputTee:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         for fd in (1, 2):
-            original = os.dup(fd)
-            read_end, write_end = os.pipe()
-            os.dup2(write_end, fd)
-            os.close(write_end)
-            self._saved[fd] = os.dup(original)
-            threading.Thread(target=self._pump, args=(read_end, original), daemon=True).start()
+            self._saved[fd] = os.dup(fd)
+            read_end, self._writers[fd] = os.pipe()
+            os.dup2(self._writers[fd], fd)
+            self._drained[fd] = threading.Event()
+            threading.Thread(target=self._pump, args=(read_end, os.dup(self._saved[fd]), self._drained[fd]),
+                             daemon=True).start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.restore()
-
-    def restore(self) -> None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         for fd, saved in self._saved.items():
             os.dup2(saved, fd)
             os.close(saved)
-        self._saved.clear()
+        for fd, writer in self._writers.items():
+            os.write(writer, self._MARKER)
+            self._drained[fd].wait(timeout=10)
+            os.close(writer)
+        self._keeping = False
 
-    def _pump(self, read_end: int, original: int) -> None:
+    def _pump(self, read_end: int, original: int, drained: threading.Event) -> None:
         partial = b""
         try:
-            while chunk := os.read(read_end, 65536):
-                os.write(original, chunk)
-                *complete, partial = (partial + chunk).split(b"\n")
-                self.lines.extend(line.decode("utf-8", "replace") for line in complete)
-            if partial:
-                self.lines.append(partial.decode("utf-8", "replace"))
+            while chunk := os.read(read_end, self._READ_SIZE):
+                marked = self._MARKER in chunk
+                chunk = chunk.replace(self._MARKER, b"")
+                if chunk:
+                    os.write(original, chunk)
+                if self._keeping:
+                    *complete, partial = (partial + chunk).split(b"\n")
+                    self.lines.extend(line.decode("utf-8", "replace") for line in complete)
+                    if marked and partial:
+                        self.lines.append(partial.decode("utf-8", "replace"))
+                        partial = b""
+                if marked:
+                    drained.set()
         finally:
             os.close(read_end)
             os.close(original)
@@ -221,14 +243,17 @@ class VLLMBackend:
             return self._llm
         from vllm import LLM
 
+        failure: Exception | None = None
         with OutputTee() as tee:
             try:
                 self._llm = LLM(**self._kwargs)
             except Exception as error:  # any engine failure becomes one line for this variant
-                raise EngineLoadError(
-                    f"vllm could not load {self.spec.label} ({self.spec.source}): "
-                    f"{engine_error_line(list(tee.lines), error)}"
-                ) from None
+                failure = error
+        if failure is not None:  # read after the tee has drained the children's last output
+            raise EngineLoadError(
+                f"vllm could not load {self.spec.label} ({self.spec.source}): "
+                f"{engine_error_line(list(tee.lines), failure)}"
+            )
         return self._llm
 
     @property
@@ -241,7 +266,7 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         details = [current_platform.device_type, self.dtype]
-        details += [f"{key}={self._kwargs[key.strip().lstrip('-').replace('-', '_')]}" for key in sorted(self.engine_args)]
+        details += [f"{engine_arg_name(key)}={self._kwargs[engine_arg_name(key)]}" for key in sorted(self.engine_args)]
         return f"vllm {vllm.__version__} ({', '.join(details)})"
 
     def close(self) -> None:
