@@ -41,7 +41,8 @@ def split_thinking(text: str) -> ThinkingSplit:
 
 
 def thinking_extent(
-    text: str, token_ids: list[int] | None, close_token_id: int | None, opened_in_prompt: bool
+    text: str, token_ids: list[int] | None, close_token_id: int | None, opened_in_prompt: bool,
+    output_tokens: int | None = None,
 ) -> tuple[int, bool]:
     """(thinking tokens, thinking closed) of one output.
 
@@ -59,7 +60,7 @@ def thinking_extent(
         if close_token_id in token_ids:
             return token_ids.index(close_token_id), True
         return len(token_ids), False
-    total = len(token_ids) if token_ids is not None else max(1, len(text))
+    total = len(token_ids) if token_ids is not None else output_tokens if output_tokens is not None else len(text)
     if not closed:
         return total, False
     share = text.find(THINK_CLOSE) / max(1, len(text))

@@ -49,7 +49,7 @@ def make_record(
     """Build a record the same way for every engine, so records from vLLM, transformers, an OpenAI
     server or a replay file carry the same fields with the same meaning."""
     opened = prompt_opens_thinking(request.prompt + request.continuation)
-    thinking_tokens, closed = thinking_extent(request.continuation + text, token_ids, close_token_id, opened)
+    thinking_tokens, closed = thinking_extent(request.continuation + text, token_ids, close_token_id, opened, output_tokens)
     reason = finish_reason if finish_reason in ("stop", "length") else "error"
     return GenerationRecord(
         item_id=request.item_id,

