@@ -123,8 +123,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     order = {v.label: i for i, v in enumerate(gate_session(config).variants)}
 
     def variant_of(item: pytest.Item) -> str | None:
-        callspec = getattr(item, "callspec", None)
-        case = callspec.params.get("qt_case") or callspec.params.get("qt_policy_case") if callspec else None
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase))), None)
         return case.variant.label if case is not None else None
 
     for item in items:

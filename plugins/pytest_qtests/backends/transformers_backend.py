@@ -60,7 +60,8 @@ class TransformersBackend:
         # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
         # (an exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU).
         if self.dtype == "auto":
-            dtype = "auto" if device != "cpu" or _cpu_has_bf16() else torch.float32
+            keep = device != "cpu" or _cpu_has_bf16() or _is_compressed_tensors(self.spec.source)
+            dtype = "auto" if keep else torch.float32
         else:
             dtype = getattr(torch, self.dtype)
         try:
@@ -165,6 +166,18 @@ class TransformersBackend:
                 "topk": [dict(zip(i.tolist(), v.tolist())) for i, v in zip(top.indices, top.values)],
             })
         return scored
+
+
+def _is_compressed_tensors(source: str) -> bool:
+    """compressed-tensors dequantizes to the checkpoint dtype and refuses a float32 model around it."""
+    import json
+    from pathlib import Path
+
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return False
+    quant = json.loads(config.read_text()).get("quantization_config") or {}
+    return quant.get("quant_method") == "compressed-tensors"
 
 
 def _cpu_has_bf16() -> bool:
