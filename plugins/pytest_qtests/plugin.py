@@ -78,7 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="accept a baseline whose fingerprint differs in FIELD")
     add("--no-cache", dest="qt_no_cache", action="store_true", help="do not read or write the generation cache")
     add("--cache-dir", dest="qt_cache_dir", metavar="DIR", help="generation cache (default .qtests/cache)")
-    add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json and summary.md here")
+    add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json, summary.md, flips.jsonl and report.html here")
 
 
 def _options(config: pytest.Config) -> dict[str, Any]:
@@ -96,6 +96,15 @@ def gate_session(config: pytest.Config) -> GateSession:
         run_config: RunConfig = build_config(_options(config))
         config.stash[_SESSION_KEY] = GateSession(run_config)
     return config.stash[_SESSION_KEY]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Validate the command line and suite file before collection: a bad flag costs one line, not a run."""
+    if _wants_qtests(session.config):
+        try:
+            gate_session(session.config)
+        except QtestsError as error:
+            raise pytest.UsageError(f"qtests: {error}") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
