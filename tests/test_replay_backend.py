@@ -146,8 +146,6 @@ def test_missing_counts_without_a_tokenizer_are_an_error_not_a_guess(tmp_path):
         ReplayBackend(path)
 
 
-@pytest.mark.xfail(strict=True, reason="base.make_record estimates thinking in characters, not output tokens, when "
-                   "the engine gives no token ids; remove this mark once it scales by output_tokens")
 def test_estimated_thinking_tokens_are_counted_in_output_tokens(tmp_path):
     thought = "<think>\n" + "x" * 400 + "\n</think>\nok"
     path = write_jsonl(tmp_path / "t.jsonl", [{"id": "0", "output": thought, "output_tokens": 10, "prompt_tokens": 1}])
