@@ -37,7 +37,6 @@ class RunConfig:
     base_urls: list[str] = field(default_factory=list)
     replay: dict[str, str] = field(default_factory=dict)
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    sampling_preset: str = "qwen-thinking"
     limit: int | None = None
     repeats: int = 1
     thinking: bool = True
@@ -53,10 +52,6 @@ class RunConfig:
     cache_dir: Path | None = Path(".qtests/cache")
     report_dir: Path | None = None
     batch_size: int = 64
-
-    @property
-    def all_variants(self) -> list[VariantSpec]:
-        return ([self.reference] if self.reference else []) + self.models
 
 
 def read_suite_file(path: Path) -> dict[str, Any]:
@@ -90,27 +85,15 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings to typed values (``4`` -> 4, ``0.9`` -> 0.9, ``true`` -> True)."""
-    parsed: dict[str, Any] = {}
+def parse_engine_args(pairs: list[str]) -> dict[str, str]:
+    """``key=value`` strings to a dict; the vLLM backend types the values (numbers, bools, JSON)."""
+    parsed: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise QtestsError(f"--engine-arg {pair!r} must be KEY=VALUE, e.g. --engine-arg tensor_parallel_size=2")
-        parsed[key.strip().replace("-", "_")] = _typed(raw.strip())
+        parsed[key.strip()] = raw.strip()
     return parsed
-
-
-def _typed(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def build_config(options: Mapping[str, Any]) -> RunConfig:
@@ -172,7 +155,6 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         base_urls=options.get("qt_base_urls") or suite.get("base_urls", []),
         replay=replay,
         sampling=sampling,
-        sampling_preset=preset,
         limit=limit,
         repeats=repeats,
         thinking=(_first(options.get("qt_thinking"), suite.get("thinking"), "on") == "on"),

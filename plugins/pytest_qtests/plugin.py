@@ -205,12 +205,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if _SESSION_KEY not in config.stash:
         return
-    from .report.terminal import render_table
+    from .report.terminal import render_summary
 
-    rows = config.stash[_SESSION_KEY].summary_rows()
-    if rows:
+    gate = config.stash[_SESSION_KEY]
+    if gate.evaluator.completed_runs():
         terminalreporter.section("qtests verdicts")
-        terminalreporter.write(render_table(rows, terminalreporter.config.get_terminal_writer().fullwidth))
+        terminalreporter.write(render_summary(gate, terminalreporter.config.get_terminal_writer().fullwidth))
     notes = config.stash.get(_NOTES_KEY, "")
     if notes:
         terminalreporter.write_line(notes)

@@ -81,6 +81,7 @@ class Evaluator:
         self._backend: Any = None
         self._backend_label: str | None = None
         self._thresholds: dict[str, DetectorThresholds] = {}
+        self._identities: dict[str, dict[str, Any]] = {}
         self._cache = GenerationCache.in_directory(config.cache_dir) if config.cache_dir and config.backend != "replay" else None
 
     # -- tasks and engines ---------------------------------------------------------------------------
@@ -120,13 +121,22 @@ class Evaluator:
                 requests.append(GenerationRequest(item.item_id, sample, prompt, self.config.sampling))
         return requests
 
+    def identity(self, variant: VariantSpec) -> dict[str, Any]:
+        """The model's content identity (hashes config, tokenizer and safetensors headers): once per variant."""
+        if variant.label not in self._identities:
+            if self.config.backend == "replay":
+                self._identities[variant.label] = {"replay": self.config.replay.get(variant.label), "hash": "replay"}
+            else:
+                self._identities[variant.label] = model_identity(variant)
+        return self._identities[variant.label]
+
     def fingerprint(self, variant: VariantSpec, task_spec: str) -> Fingerprint:
         backend = self.backend(variant)
         data = self.task_data(task_spec)
         template = getattr(getattr(backend, "tokenizer", None), "chat_template", None) or ""
         extra = backend.device_info() if hasattr(backend, "device_info") else {}
         return Fingerprint.for_run(
-            model=model_identity(variant) if self.config.backend != "replay" else {"replay": self.config.replay.get(variant.label)},
+            model=self.identity(variant),
             task=data.task.name,
             dataset_hash=data.content_hash,
             prompt_template_hash=hashlib.sha256(template.encode()).hexdigest(),
@@ -141,7 +151,7 @@ class Evaluator:
     # -- generation and grading -------------------------------------------------------------------------
     def generate(self, variant: VariantSpec, requests: list[GenerationRequest], what: str) -> list[GenerationRecord]:
         backend = self.backend(variant)
-        identity = model_identity(variant)["hash"] if self.config.backend != "replay" else "replay"
+        identity = self.identity(variant)["hash"]
         with _progress(len(requests), f"{variant.label} {what}") as progress, self._generation_lock(identity):
             return cached_generate(self._cache, backend, requests, identity, progress)
 
@@ -206,10 +216,10 @@ class Evaluator:
             picked = canary_indices(len(requests), self.config.canary)
             canary_requests = [requests[i] for i in picked]
             canary_records = self.generate(variant, canary_requests, "canary")
-            canary = self.judge_canary(variant, task_spec, canary_requests, canary_records, thresholds, len(requests))
+            canary_outcomes = self.grade(task_spec, canary_records, canary_requests, thresholds)
+            canary = self.judge_canary(task_spec, canary_outcomes, len(requests))
             if not canary.passed:
-                outcomes = self.grade(task_spec, canary_records, canary_requests, thresholds)
-                return TaskRun(variant, task_spec, canary_records, outcomes, fingerprint, canary,
+                return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
                                time.perf_counter() - started)
         records = self.generate(variant, requests, "generate")
         if is_reference:
@@ -219,15 +229,13 @@ class Evaluator:
         outcomes = self.grade(task_spec, records, requests, thresholds)
         return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started)
 
-    def judge_canary(self, variant: VariantSpec, task_spec: str, requests: list[GenerationRequest],
-                     records: list[GenerationRecord], thresholds: DetectorThresholds | None,
-                     full_run_generations: int) -> CanaryResult:
-        outcomes = self.grade(task_spec, records, requests, thresholds)
+    def judge_canary(self, task_spec: str, outcomes: list[ItemOutcome], full_run_generations: int) -> CanaryResult:
+        """Fail when the canary's degenerate share is high and, by Fisher's exact test, above the reference's."""
         bad = [o for o in outcomes if o.degenerate]
         reference_bad = p_value = None
         if self.config.reference is not None:
             ref_run = self.run(self.config.reference, task_spec)
-            wanted = {(r.item_id, r.sample_index) for r in requests}
+            wanted = {(o.item_id, o.sample_index) for o in outcomes}
             reference_bad = sum(o.degenerate for o in ref_run.outcomes if (o.item_id, o.sample_index) in wanted)
             from scipy.stats import fisher_exact
 

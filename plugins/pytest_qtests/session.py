@@ -69,10 +69,10 @@ class GateSession:
             found: ReferenceOutcomes | str = ReferenceOutcomes(
                 self.run(self.config.reference, task).outcomes, f"reference {self.config.reference.label}")
         elif self.config.baseline:
-            baseline = load_baseline(self.config.baseline, self.config.baseline_dir, task)
+            path = resolve_baseline(self.config.baseline, self.config.baseline_dir, task)
+            baseline = load_baseline(str(path), self.config.baseline_dir, task)
             run = self.run(variant, task)
             check_compatible(baseline.fingerprint, run.fingerprint, self.config.allow_mismatch, baseline.name)
-            path = resolve_baseline(self.config.baseline, self.config.baseline_dir, task)
             found = ReferenceOutcomes(baseline.items, f"baseline {path}")
         elif self.is_reference(variant):
             found = "this is the reference itself"

@@ -250,6 +250,19 @@ def paired_binary_test(
 # Paired sign-flip test (per-item mean rates with sampled repeats)
 
 
+def _resampling_inputs(name: str, reference, variant, alpha: float, alternative: str, n_resamples: int):
+    """Validated float arrays for a resampling test: equal-length, non-empty, enough resamples."""
+    _check_alpha(alpha)
+    _check_alternative(alternative)
+    reference = np.asarray(reference, dtype=float)
+    variant = np.asarray(variant, dtype=float)
+    if reference.ndim != 1 or reference.shape != variant.shape or reference.size == 0:
+        raise ValueError(f"{name} needs two non-empty 1-D arrays of equal length")
+    if n_resamples < 100:
+        raise ValueError(f"{name} needs at least 100 resamples")
+    return reference, variant
+
+
 def paired_sign_flip_test(
     reference: Sequence[float] | np.ndarray,
     variant: Sequence[float] | np.ndarray,
@@ -272,14 +285,7 @@ def paired_sign_flip_test(
     the verdict at ``bound = mean of the differences over S``, so the interval ends are order
     statistics of those subset means and ``p < alpha`` exactly when ``bound`` is outside it.
     """
-    _check_alpha(alpha)
-    _check_alternative(alternative)
-    reference = np.asarray(reference, dtype=float)
-    variant = np.asarray(variant, dtype=float)
-    if reference.ndim != 1 or reference.shape != variant.shape or reference.size == 0:
-        raise ValueError("paired_sign_flip_test needs two non-empty 1-D arrays of equal length")
-    if n_resamples < 100:
-        raise ValueError("paired_sign_flip_test needs at least 100 resamples")
+    reference, variant = _resampling_inputs("paired_sign_flip_test", reference, variant, alpha, alternative, n_resamples)
     differences = variant - reference
     n = differences.size
     rng = np.random.default_rng(seed)
@@ -369,14 +375,7 @@ def paired_bootstrap_test(
     ``alpha`` and ``1 - alpha`` quantiles taken so that ``p < alpha`` exactly when ``bound`` is outside
     the interval. A fixed ``seed`` makes every verdict reproducible run to run.
     """
-    _check_alpha(alpha)
-    _check_alternative(alternative)
-    reference = np.asarray(reference, dtype=float)
-    variant = np.asarray(variant, dtype=float)
-    if reference.ndim != 1 or reference.shape != variant.shape or reference.size == 0:
-        raise ValueError("paired_bootstrap_test needs two non-empty 1-D arrays of equal length")
-    if n_resamples < 100:
-        raise ValueError("paired_bootstrap_test needs at least 100 resamples")
+    reference, variant = _resampling_inputs("paired_bootstrap_test", reference, variant, alpha, alternative, n_resamples)
     estimate = float(statistic(reference, variant))
     replicates = _bootstrap_replicates(reference, variant, statistic, n_resamples, seed)
     # inverted_cdf: low > bound  <=>  share(replicates <= bound) < alpha, and symmetrically for high.

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
-from ..records import GenerationRecord, GenerationRequest
+from ..records import GenerationRecord, GenerationRequest, QtestsError
 from ..tasks.prompts import prompt_opens_thinking
 from ..thinking import THINK_CLOSE, thinking_extent
 
 ProgressCallback = Callable[[int], None]  # called with the number of newly finished requests
+
+
+class EngineLoadError(QtestsError):
+    """An engine could not load a variant; the message carries the engine's own error line."""
+
+
+def last_error_line(error: BaseException) -> str:
+    """The last non-empty line of an engine exception: usually the one that names the cause."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 class Backend(Protocol):

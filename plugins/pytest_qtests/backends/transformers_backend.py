@@ -13,17 +13,9 @@ import time
 from itertools import groupby
 from typing import Any, Sequence
 
-from ..records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
-from .base import ProgressCallback, make_record, think_close_id
-
-
-class EngineLoadError(QtestsError):
-    """An engine could not load a variant; the message carries the engine's own last error line."""
-
-
-def last_error_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+from ..records import GenerationRecord, GenerationRequest, SamplingParams, VariantSpec
+from ..scoring import TOP_K, TokenScores, scores_from_logits
+from .base import EngineLoadError, ProgressCallback, last_error_line, make_record, think_close_id
 
 
 def device_info() -> dict[str, Any]:
@@ -148,23 +140,17 @@ class TransformersBackend:
             records.append(make_record(request, text, sum(mask), token_ids, finish, latency, close_id))
         return records
 
-    def score(self, texts: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
-        """Teacher-forced log-probs of every token after the first, and the top-k alternatives."""
+    def score(self, texts: Sequence[str], top_k: int = TOP_K) -> list[TokenScores]:
+        """Teacher-forced scores of every token after the first (same shape as the vLLM backend's)."""
         import torch
 
         self._load()
         scored = []
         for text in texts:
-            ids = self._tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self._device)
+            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
-                logprobs = torch.log_softmax(self._model(ids).logits[0, :-1].float(), dim=-1)
-            targets = ids[0, 1:]
-            top = torch.topk(logprobs, top_k, dim=-1)
-            scored.append({
-                "token_ids": targets.tolist(),
-                "logprobs": logprobs.gather(1, targets[:, None])[:, 0].tolist(),
-                "topk": [dict(zip(i.tolist(), v.tolist())) for i, v in zip(top.indices, top.values)],
-            })
+                logits = self._model(torch.tensor([ids], device=self._device)).logits[0]
+            scored.append(scores_from_logits(ids, logits.cpu(), top_k))
         return scored
 
 

@@ -26,13 +26,9 @@ from typing import Any, Sequence
 
 from ..records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 from ..scoring import TOP_K, TokenScores
-from .base import ProgressCallback, make_record, think_close_id
+from .base import EngineLoadError, ProgressCallback, make_record, think_close_id
 
 EngineArgValue = str | int | float | bool
-
-
-class EngineLoadError(QtestsError):
-    """An engine could not load a variant; the message carries the engine's own error line."""
 
 
 # -- engine arguments ------------------------------------------------------------------------------
