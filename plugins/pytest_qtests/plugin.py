@@ -41,6 +41,13 @@ class PolicyCase:
         return f"{self.variant.label}-{self.policy}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest warns that record_property does not fit its default junit_family (xunit2), yet writes the
+    # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qtests", "quantized checkpoint gate")
     add = group.addoption
