@@ -16,9 +16,11 @@ from typing import Any, Mapping
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from .expectations import Expectations, build_expectations
 from .gate import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
 from .records import QtestsError, SamplingParams, VariantSpec
 from .sampling import sampling_preset
+from .tasks.registry import task_spec_name
 from .variants import check_unique_labels, parse_variant
 
 DEFAULT_FAIL_ON = "accuracy:-2pp,truncation:+5pp,length:1.25x,degenerate:+2pp"
@@ -52,6 +54,7 @@ class RunConfig:
     cache_dir: Path | None = Path(".qtests/cache")
     report_dir: Path | None = None
     batch_size: int = 64
+    expectations: Expectations = field(default_factory=Expectations)
 
 
 def read_suite_file(path: Path) -> dict[str, Any]:
@@ -145,6 +148,12 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
     engine_args.update(parse_engine_args(options.get("qt_engine_args") or []))
     replay = {label: str(base / path) for label, path in suite.get("replay", {}).items()}
     replay.update(dict(_replay_pair(p) for p in options.get("qt_replay") or []))
+    expectations = build_expectations(
+        suite.get("expect"), f"{suite_path}: expect", options.get("qt_expect") or [], options.get("qt_expect_rtol"),
+        tasks=[task_spec_name(t) for t in tasks], suite_tasks=[task_spec_name(t) for t in suite.get("tasks", [])],
+        labels=[v.label for v in ([reference] if reference else []) + models],
+        models_from_suite=not model_texts and not options.get("qt_reference"),
+    )
     return RunConfig(
         reference=reference,
         models=models,
@@ -170,6 +179,7 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         cache_dir=cache_dir,
         report_dir=Path(options["qt_report"]) if options.get("qt_report") else None,
         batch_size=_first(options.get("qt_batch_size"), suite.get("batch_size"), 64),
+        expectations=expectations,
     )
 
 

@@ -263,6 +263,12 @@ class CheckResult:
             f"{self.check}.passed": self.passed,
             f"{self.check}.n_items": self.n_items,
         }
+        # Paired 0/1 checks: the discordant counts and the exact McNemar p-value they give, so a reader
+        # can redo the test by hand (``scipy.stats.binomtest(reference_only, discordant, 0.5)``).
+        for key, name in (("down", "reference_only"), ("up", "variant_only"), ("mcnemar_exact_p", "mcnemar_exact_p"),
+                          ("rtol", "rtol")):
+            if key in self.details:
+                props[f"{self.check}.{name}"] = self.details[key]
         return {key: value for key, value in props.items() if value is not None}
 
 
@@ -481,16 +487,26 @@ def check_length(
 
 
 def check_absolute(
-    check: str, value: float, expected: float, rtol: float, direction: Literal["higher", "lower"] = "higher"
+    check: str,
+    value: float,
+    expected: float,
+    rtol: float,
+    direction: Literal["higher", "lower"] | None = None,
+    n_items: int = 0,
 ) -> CheckResult:
     """Stored-expectation mode (as vLLM CI does): compare one number with an expected one, no statistics.
 
-    ``direction`` says which way is better. ``"higher"``: passes when ``value >= (1 - rtol) * expected``
-    (vLLM's one-sided rtol); ``"lower"``: passes when ``value <= (1 + rtol) * expected``. Offered for users
-    who keep hand-set numbers; it cannot tell noise from harm, so it needs wide tolerances.
+    ``direction`` says which way is better (default: from :data:`CHECKS`, e.g. higher accuracy, lower
+    truncation). ``"higher"``: passes when ``value >= (1 - rtol) * expected`` (vLLM's one-sided rtol);
+    ``"lower"``: passes when ``value <= (1 + rtol) * expected``. Estimate and margin are measured from the
+    expectation the way paired checks measure from the reference (difference for rates, ratio for
+    lengths), so tables and ``results.json`` read the same. Offered for users who keep hand-set numbers;
+    it cannot tell noise from harm, so it needs wide tolerances.
     """
     if rtol < 0:
         raise QtestsError(f"{check}: rtol must be non-negative, got {rtol}")
+    if direction is None:
+        direction = "higher" if check in CHECKS and CHECKS[check].worse == "lower" else "lower"
     if direction not in ("higher", "lower"):
         raise QtestsError(f"{check}: direction must be 'higher' or 'lower', got {direction!r}")
     if direction == "higher":
@@ -501,6 +517,10 @@ def check_absolute(
         threshold = (1.0 + rtol) * expected
         passed = value <= threshold
         relation = "at or below" if passed else "above"
+    is_ratio = check in CHECKS and CHECKS[check].kind == "ratio"
+    relative = is_ratio and expected > 0
+    estimate = value / expected if relative else value - expected
+    margin = threshold / expected if relative else threshold - expected
     sign = "-" if direction == "higher" else "+"
     limit_text = f"{expected:.4g} {sign} {rtol:.0%} = {threshold:.4g}"
     message = (
@@ -512,19 +532,20 @@ def check_absolute(
         mode="absolute",
         reference_value=expected,
         variant_value=value,
-        estimate=value,
+        estimate=estimate,
         ci_low=None,
         ci_high=None,
         confidence=None,
-        margin=threshold,
+        margin=margin,
         p_value=None,
         alpha=math.nan,
         passed=passed,
         message=message,
         method="absolute expectation",
-        n_items=0,
+        n_items=n_items,
         summary=f"{check} {value:.4g}",
         limit_text=limit_text,
+        details={"rtol": rtol},
     )
 
 

@@ -73,6 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--trust-remote-code", action="append", dest="qt_trust_remote_code", metavar="LABEL",
         help="allow this variant's remote code (off for every variant unless named)")
     add("--fail-on", dest="qt_fail_on", metavar="RULES", help=f"tolerances, default {DEFAULT_FAIL_ON}")
+    add("--expect", action="append", dest="qt_expect", metavar="[LABEL:]TASK:METRIC=VALUE",
+        help="stored absolute expectation, vLLM CI style (repeatable), e.g. gsm8k:accuracy=0.78,rtol=0.08; "
+             "replaces the paired check of that metric")
+    add("--expect-rtol", dest="qt_expect_rtol", type=float, metavar="RTOL",
+        help="default relative tolerance of expectations (default 0.08, as vLLM's lm-eval tests)")
     add("--gate-mode", dest="qt_gate_mode", help="evidence-of-harm (default) or non-inferiority")
     add("--alpha", dest="qt_alpha", type=float, help="family-wise false-alarm rate per variant (default 0.05)")
     add("--policy", action="append", dest="qt_policies", metavar="RULE",

@@ -12,11 +12,13 @@ from typing import Any
 from .audit import AuditReport, audit
 from .baselines import Baseline, load_baseline, resolve_baseline, save_baseline
 from .config import RunConfig
+from .expectations import expectation_checks
 from .fingerprint import check_compatible
 from .gate import CheckResult, apply_holm, run_checks
 from .policy import evaluate_policy
 from .records import ItemOutcome, QtestsError, VariantSpec
 from .runner import Evaluator, TaskRun
+from .tasks.registry import task_spec_name
 
 CHECKS = ("degenerate", "accuracy", "truncation", "length")
 
@@ -82,16 +84,25 @@ class GateSession:
         return found
 
     def checks(self, variant: VariantSpec) -> dict[str, dict[str, CheckResult]]:
-        """Every check of ``variant`` on every task with a reference, Holm-adjusted as one family."""
+        """Every check of ``variant`` on every task, the paired ones Holm-adjusted as one family.
+
+        A metric with a stored expectation (``[expect]``, ``--expect``) is checked against it instead of
+        the reference; the others are paired with the reference or baseline when there is one.
+        """
         if variant.label in self._checks:
             return self._checks[variant.label]
         flat: list[tuple[str, CheckResult]] = []
         for task in self.config.tasks:
-            reference = self.reference_for(variant, task)
             run = self.run(variant, task)
-            if isinstance(reference, str) or not run.complete:
+            if not run.complete:
                 continue
-            results = run_checks(reference.outcomes, run.outcomes, self.config.tolerances, self.config.alpha,
+            expected = self.config.expectations.for_run(variant.label, task_spec_name(task))
+            flat += [(task, result) for result in expectation_checks(run.outcomes, expected)] if expected else []
+            reference = self.reference_for(variant, task)
+            if isinstance(reference, str):
+                continue
+            paired = {check: tol for check, tol in self.config.tolerances.items() if check not in expected}
+            results = run_checks(reference.outcomes, run.outcomes, paired, self.config.alpha,
                                  self.config.gate_mode, seed=self.config.sampling.seed)
             flat += [(task, result) for result in results]
         adjusted = apply_holm([result for _, result in flat])
@@ -108,13 +119,16 @@ class GateSession:
                            {"canary.degenerate": run.canary.variant_degenerate, "canary.items": run.canary.n_items})
         if not run.complete:
             return Verdict(None, f"{variant.label} failed its canary on {task}; full run not made")
-        reference = self.reference_for(variant, task)
-        if isinstance(reference, str):
-            return Verdict(None, f"{variant.label} on {task}: {reference}")
         result = self.checks(variant).get(task, {}).get(check)
+        reference = self.reference_for(variant, task)
         if result is None:
+            if isinstance(reference, str):
+                return Verdict(None, f"{variant.label} on {task}: {reference}")
             return Verdict(None, f"no tolerance for {check} (set it with --fail-on {check}:...)")
-        where = f" [{reference.source}]"
+        if result.mode == "absolute":
+            where = f" [expected in {result.details['source']}]"
+        else:
+            where = f" [{reference.source}]"  # type: ignore[union-attr]  # paired checks exist only with one
         return Verdict(result.passed, f"{variant.label} on {task}: {result.message}{where}", result.junit_properties())
 
     # -- checkpoint audit ----------------------------------------------------------------------------
@@ -160,7 +174,7 @@ class GateSession:
                 "role": "reference" if self.is_reference(variant) else "variant",
                 "wall_s": run.wall_s,
             }
-            if run.complete and not self.is_reference(variant) and variant.label in self._checks:
+            if run.complete and variant.label in self._checks:
                 results = self._checks[variant.label].get(task, {})
                 row.update({f"{name}_result": result for name, result in results.items()})
             rows.append(row)

@@ -124,7 +124,17 @@ def check_document(result: CheckResult) -> dict[str, Any]:
         "confidence": finite_or_none(result.confidence), "margin": result.margin, "limit_text": result.limit_text,
         "p_value": finite_or_none(result.p_value), "adjusted_p_value": finite_or_none(result.adjusted_p_value),
         "method": result.method, "n_items": result.n_items, "message": result.message,
+        "discordant": _discordant(result),
     }
+
+
+def _discordant(result: CheckResult) -> dict[str, Any] | None:
+    """The discordant counts and exact McNemar p-value of a paired 0/1 check, else None."""
+    details = result.details
+    if "down" not in details:
+        return None
+    return {"reference_only": details["down"], "variant_only": details["up"],
+            "mcnemar_exact_p": details["mcnemar_exact_p"]}
 
 
 def _canary_document(canary: Any) -> dict[str, Any] | None:

@@ -170,13 +170,23 @@ def _tasks_from(provided: object, origin: str) -> Iterable[Task]:
     return tasks
 
 
+def _spec_separator(spec: str) -> str | None:
+    return "=" if "=" in spec else ":" if ":" in spec else None
+
+
+def task_spec_name(spec: str) -> str:
+    """The task name of a ``--tasks`` entry (``gsm8k=data.jsonl`` -> ``gsm8k``), without loading anything."""
+    separator = _spec_separator(spec)
+    return (spec.split(separator, 1)[0] if separator else spec).strip()
+
+
 def resolve_task_spec(spec: str) -> tuple[Task, DataSource]:
     """Parse ``NAME``, ``NAME=SOURCE`` or ``NAME:SOURCE`` into a task and its data source.
 
     ``SOURCE`` is a local ``.jsonl``/``.json``/``.parquet`` file (relative to the working directory)
     or a hub dataset id, read with the task's usual config and split.
     """
-    separator = "=" if "=" in spec else ":" if ":" in spec else None
+    separator = _spec_separator(spec)
     if separator is None:
         task = get_task(spec.strip())
         return task, task.default_source()
