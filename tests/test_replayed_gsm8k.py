@@ -1,9 +1,7 @@
 """Must-show: replayed generations of two models on real GSM8K items, through the real plugin.
 
 Two replay files over the first 200 items of the bundled GSM8K test split are built from the real
-reference solutions: model A answers with the solutions verbatim except for a few changed final
-answers; model B changes the final answer of other items and runs out of tokens on a few (thinking
-that never closes, ``finish_reason: length``). The suite runs in a pytest subprocess, the way a user
+reference solutions (see ``gsm8k_replays.py``). The suite runs in a pytest subprocess, the way a user
 runs it (``--backend replay``), and the test checks the harness against numbers counted here from the
 files alone: the accuracies, the truncation rate, the discordant items and the exact McNemar p-value
 ``scipy.stats.binomtest`` gives on them.
@@ -13,64 +11,18 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
+from gsm8k_replays import (GSM8K, MAX_TOKENS, N_ITEMS, a_output, b_output, gold_of, gsm8k_rows, hand_count,
+                           with_final_answer, write_replay)
 from scipy.stats import binomtest
 
 pytest_plugins = ["pytester"]
 
-GSM8K = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "gsm8k" / "test.jsonl"
-N_ITEMS = 200
-MAX_TOKENS = 512
-
-
-def gold_of(solution: str) -> str:
-    return solution.rsplit("####", 1)[1].strip()
-
-
-def with_final_answer(solution: str, answer: str) -> str:
-    return solution.rsplit("####", 1)[0] + f"#### {answer}"
-
-
-def a_output(index: int, solution: str) -> tuple[str, str]:
-    """Model A: the reference solution verbatim; every 25th item (from 7) ends on a wrong number."""
-    if index % 25 == 7:
-        return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 1)), "stop"
-    return solution, "stop"
-
-
-def b_output(index: int, solution: str) -> tuple[str, str]:
-    """Model B: every 8th item (from 3) off by ten; every 40th (from 17) cut off while still thinking."""
-    if index % 40 == 17:
-        return "<think>\n" + solution[: len(solution) // 2], "length"
-    if index % 8 == 3:
-        return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 10)), "stop"
-    return solution, "stop"
-
-
-def hand_count(rows: list[dict], outputs: list[dict]) -> tuple[list[bool], list[bool]]:
-    """(correct, truncated) per item from the files alone: correct = finished and ``####`` = the gold."""
-    correct = [out["finish_reason"] == "stop" and gold_of(out["output"]) == gold_of(row["answer"])
-               for row, out in zip(rows, outputs)]
-    truncated = [out["finish_reason"] == "length" for out in outputs]
-    return correct, truncated
-
-
-def write_replay(path: Path, rows: list[dict], make) -> list[dict]:
-    outputs = []
-    for index, row in enumerate(rows):
-        text, finish = make(index, row["answer"])
-        tokens = MAX_TOKENS if finish == "length" else len(text.split()) * 2
-        outputs.append({"id": str(index), "output": text, "finish_reason": finish, "output_tokens": tokens,
-                        "prompt_tokens": 120})
-    path.write_text("".join(json.dumps(o) + "\n" for o in outputs))
-    return outputs
-
 
 def test_replayed_gsm8k_accuracies_and_mcnemar_match_a_hand_count(pytester: pytest.Pytester, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:N_ITEMS]]
+    rows = gsm8k_rows()
     a_outputs = write_replay(pytester.path / "a.jsonl", rows, a_output)
     b_outputs = write_replay(pytester.path / "b.jsonl", rows, b_output)
 
@@ -117,3 +69,40 @@ def test_replayed_gsm8k_accuracies_and_mcnemar_match_a_hand_count(pytester: pyte
     assert int(properties[(accuracy_case, "accuracy.variant_only")]) == variant_only
     assert float(properties[(accuracy_case, "accuracy.variant")]) == sum(b_correct) / N_ITEMS
     assert float(properties[(accuracy_case, "accuracy.reference")]) == sum(a_correct) / N_ITEMS
+
+
+def test_with_repeats_items_are_the_unit_through_the_plugin(pytester: pytest.Pytester, monkeypatch):
+    """``--repeats 3``: three replayed samples per item that disagree; the gate averages per item first,
+    so the check counts 40 items (not 120 samples) and uses the paired sign-flip test over items."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n_items, repeats = 40, 3
+    rows = gsm8k_rows(n_items)
+
+    def sometimes_wrong(every: int):
+        def make(index: int, solution: str, sample: int) -> tuple[str, str]:
+            if (index + sample) % every == 0:
+                return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 1)), "stop"
+            return solution, "stop"
+        return make
+
+    a_correct, _ = hand_count(rows, write_replay(pytester.path / "a.jsonl", rows, sometimes_wrong(5), repeats))
+    b_correct, _ = hand_count(rows, write_replay(pytester.path / "b.jsonl", rows, sometimes_wrong(3), repeats))
+    a_per_item = [sum(a_correct[i * repeats:(i + 1) * repeats]) / repeats for i in range(n_items)]
+    b_per_item = [sum(b_correct[i * repeats:(i + 1) * repeats]) / repeats for i in range(n_items)]
+
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", "gsm8k",
+        "--limit", str(n_items), "--repeats", str(repeats), "--canary", "0",
+        "--reference", "model-a=example/model-a", "--model", "model-b=example/model-b",
+        "--replay", "model-a=a.jsonl", "--replay", "model-b=b.jsonl", "--qt-report", "report", timeout=300)
+    assert "Traceback" not in result.stdout.str()
+
+    run = {r["variant"]: r for r in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
+    summary, accuracy = run["model-b"]["summary"], run["model-b"]["checks"]["accuracy"]
+    assert (summary["n_items"], summary["n_samples"]) == (n_items, n_items * repeats)
+    assert accuracy["n_items"] == n_items
+    assert accuracy["method"].startswith("paired sign-flip test over items")
+    assert "3 samples per item" in accuracy["message"] and accuracy["discordant"] is None
+    assert accuracy["reference_value"] == pytest.approx(sum(a_per_item) / n_items)
+    assert accuracy["variant_value"] == pytest.approx(sum(b_per_item) / n_items)
+    assert accuracy["estimate"] == pytest.approx(sum(b - a for a, b in zip(a_per_item, b_per_item)) / n_items)
