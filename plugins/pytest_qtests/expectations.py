@@ -183,7 +183,8 @@ def build_expectations(
     expectations = Expectations()
     if table:
         expectations = parse_expect_table(table, default_rtol, table_source)
-        check_targets(expectations, [*tasks, *suite_tasks], labels if models_from_suite else None, table_source)
+        known_tasks = list(dict.fromkeys([*tasks, *suite_tasks]))
+        check_targets(expectations, known_tasks, labels if models_from_suite else None, table_source)
     for text in options:
         given = parse_expect_option(text, default_rtol)
         check_targets(given, tasks, labels, f"--expect {text}")
