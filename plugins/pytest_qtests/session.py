@@ -12,7 +12,7 @@ from typing import Any
 from .audit import AuditReport, audit
 from .baselines import Baseline, load_baseline, resolve_baseline, save_baseline
 from .config import RunConfig
-from .expectations import expectation_checks
+from .expectations import Expectation, expectation_checks
 from .fingerprint import check_compatible
 from .gate import CheckResult, apply_holm, run_checks
 from .policy import evaluate_policy
@@ -47,6 +47,7 @@ class GateSession:
         self.config = config
         self.evaluator = Evaluator(config)
         self._checks: dict[str, dict[str, dict[str, CheckResult]]] = {}
+        self._absolute: dict[tuple[str, str], dict[str, CheckResult]] = {}
         self._audits: dict[str, AuditReport | QtestsError] = {}
         self._references: dict[tuple[str, str], ReferenceOutcomes | str] = {}
 
@@ -84,23 +85,19 @@ class GateSession:
         return found
 
     def checks(self, variant: VariantSpec) -> dict[str, dict[str, CheckResult]]:
-        """Every check of ``variant`` on every task, the paired ones Holm-adjusted as one family.
+        """Every paired check of ``variant`` on every task with a reference, Holm-adjusted as one family.
 
-        A metric with a stored expectation (``[expect]``, ``--expect``) is checked against it instead of
-        the reference; the others are paired with the reference or baseline when there is one.
+        Metrics with a stored expectation are left out here: :meth:`absolute_checks` decides them.
         """
         if variant.label in self._checks:
             return self._checks[variant.label]
         flat: list[tuple[str, CheckResult]] = []
         for task in self.config.tasks:
-            run = self.run(variant, task)
-            if not run.complete:
-                continue
-            expected = self.config.expectations.for_run(variant.label, task_spec_name(task))
-            flat += [(task, result) for result in expectation_checks(run.outcomes, expected)] if expected else []
             reference = self.reference_for(variant, task)
-            if isinstance(reference, str):
+            run = self.run(variant, task)
+            if isinstance(reference, str) or not run.complete:
                 continue
+            expected = self._expected(variant, task)
             paired = {check: tol for check, tol in self.config.tolerances.items() if check not in expected}
             results = run_checks(reference.outcomes, run.outcomes, paired, self.config.alpha,
                                  self.config.gate_mode, seed=self.config.sampling.seed)
@@ -112,6 +109,23 @@ class GateSession:
         self._checks[variant.label] = by_task
         return by_task
 
+    def _expected(self, variant: VariantSpec, task: str) -> dict[str, Expectation]:
+        return self.config.expectations.for_run(variant.label, task_spec_name(task))
+
+    def absolute_checks(self, variant: VariantSpec, task: str) -> dict[str, CheckResult]:
+        """The checks of ``variant`` on ``task`` against stored expectations (``[expect]``, ``--expect``).
+
+        Per task, unlike the paired family: absolute checks have no p-value to adjust, so a ``-k``
+        selection never generates other tasks for them.
+        """
+        key = (variant.label, task)
+        if key not in self._absolute:
+            expected = self._expected(variant, task)
+            run = self.run(variant, task) if expected else None
+            found = expectation_checks(run.outcomes, expected) if run is not None and run.complete else []
+            self._absolute[key] = {result.check: result for result in found}
+        return self._absolute[key]
+
     def verdict(self, variant: VariantSpec, task: str, check: str) -> Verdict:
         run = self.run(variant, task)
         if check == "degenerate" and run.canary is not None and not run.canary.passed:
@@ -119,16 +133,17 @@ class GateSession:
                            {"canary.degenerate": run.canary.variant_degenerate, "canary.items": run.canary.n_items})
         if not run.complete:
             return Verdict(None, f"{variant.label} failed its canary on {task}; full run not made")
-        result = self.checks(variant).get(task, {}).get(check)
+        absolute = self.absolute_checks(variant, task).get(check)
+        if absolute is not None:
+            message = f"{variant.label} on {task}: {absolute.message} [expected in {absolute.details['source']}]"
+            return Verdict(absolute.passed, message, absolute.junit_properties())
         reference = self.reference_for(variant, task)
+        if isinstance(reference, str):
+            return Verdict(None, f"{variant.label} on {task}: {reference}")
+        result = self.checks(variant).get(task, {}).get(check)
         if result is None:
-            if isinstance(reference, str):
-                return Verdict(None, f"{variant.label} on {task}: {reference}")
             return Verdict(None, f"no tolerance for {check} (set it with --fail-on {check}:...)")
-        if result.mode == "absolute":
-            where = f" [expected in {result.details['source']}]"
-        else:
-            where = f" [{reference.source}]"  # type: ignore[union-attr]  # paired checks exist only with one
+        where = f" [{reference.source}]"
         return Verdict(result.passed, f"{variant.label} on {task}: {result.message}{where}", result.junit_properties())
 
     # -- checkpoint audit ----------------------------------------------------------------------------
@@ -174,8 +189,8 @@ class GateSession:
                 "role": "reference" if self.is_reference(variant) else "variant",
                 "wall_s": run.wall_s,
             }
-            if run.complete and variant.label in self._checks:
-                results = self._checks[variant.label].get(task, {})
+            if run.complete:
+                results = {**self._checks.get(variant.label, {}).get(task, {}), **self._absolute.get((label, task), {})}
                 row.update({f"{name}_result": result for name, result in results.items()})
             rows.append(row)
         return rows
