@@ -109,3 +109,26 @@ def test_suite_file_errors_name_the_field(run_suite, pytester):
     result = run_suite("--qt-config", "suite.toml")
     assert result.ret != 0
     assert "suite.toml: max_tokens: 'many' is not of type 'integer'" in result.stderr.str()
+
+
+def test_pytest_selection_flags_work_on_the_gate(pytester, shared_cache, monkeypatch):
+    """-k, -x and --lf behave as pytest users expect: the gate's tests are ordinary pytest items."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    small = [arg for arg in SMALL if arg not in ("-p", "no:cacheprovider")]  # --lf needs pytest's cache
+    base = ["--pyargs", "qtests", "--cache-dir", str(shared_cache), *small, "--reference", REFERENCE,
+            "--model", f"keep={ZOO / 'int4-keep-fragile'}", "--model", f"broken={ZOO / 'nvfp4-broken'}"]
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess(*base, *args, timeout=600)
+
+    only_keep = run("-k", "keep")
+    only_keep.assert_outcomes(passed=4, deselected=5)  # 4 checks per variant + test_policy (no --policy)
+
+    first = run("-x")  # keep's 4 checks pass, broken's first failing check stops the run
+    outcomes = first.parseoutcomes()
+    assert outcomes["failed"] == 1 and outcomes["passed"] + outcomes.get("skipped", 0) < 8
+    assert "stopping after 1 failures" in first.stdout.str()
+
+    rerun = run("--lf")
+    rerun.assert_outcomes(failed=1, deselected=8)
+    rerun.stdout.fnmatch_lines(["*FAILED*test_*[[]broken-zoo[]]*"])
