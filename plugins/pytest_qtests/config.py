@@ -17,6 +17,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from .expectations import Expectations, build_expectations
+from .extension import extended_cap
 from .gate import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
 from .records import QtestsError, SamplingParams, VariantSpec
 from .sampling import sampling_preset
@@ -55,6 +56,7 @@ class RunConfig:
     report_dir: Path | None = None
     batch_size: int = 64
     expectations: Expectations = field(default_factory=Expectations)
+    extend_truncated: float | None = None  # continue truncated samples to this factor x the cap
 
 
 def read_suite_file(path: Path) -> dict[str, Any]:
@@ -154,11 +156,18 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         labels=[v.label for v in ([reference] if reference else []) + models],
         models_from_suite=not model_texts and not options.get("qt_reference"),
     )
+    extend_truncated = _first(options.get("qt_extend_truncated"), suite.get("extend_truncated"))
+    backend = options.get("qt_backend") or suite.get("backend", "transformers")
+    if extend_truncated is not None:
+        extended_cap(max_tokens, extend_truncated)  # validates the factor
+        if backend == "replay":
+            raise QtestsError("--extend-truncated needs an engine to continue the truncated outputs; the replay "
+                              "backend only scores stored ones: drop it, or use --backend transformers/vllm/openai")
     return RunConfig(
         reference=reference,
         models=models,
         tasks=tasks,
-        backend=options.get("qt_backend") or suite.get("backend", "transformers"),
+        backend=backend,
         engine_args=engine_args,
         dtype=options.get("qt_dtype") or suite.get("dtype", "auto"),
         base_urls=options.get("qt_base_urls") or suite.get("base_urls", []),
@@ -180,6 +189,7 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         report_dir=Path(options["qt_report"]) if options.get("qt_report") else None,
         batch_size=_first(options.get("qt_batch_size"), suite.get("batch_size"), 64),
         expectations=expectations,
+        extend_truncated=extend_truncated,
     )
 
 

@@ -90,6 +90,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="accept a baseline whose fingerprint differs in FIELD")
     add("--no-cache", dest="qt_no_cache", action="store_true", help="do not read or write the generation cache")
     add("--cache-dir", dest="qt_cache_dir", metavar="DIR", help="generation cache (default .qtests/cache)")
+    add("--extend-truncated", dest="qt_extend_truncated", type=float, metavar="F",
+        help="after the run, continue every output cut at the cap up to F x the cap (reference and variants)")
     add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json, summary.md, flips.jsonl and report.html here")
 
 

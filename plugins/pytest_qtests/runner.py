@@ -20,6 +20,7 @@ from .backends import create_backend
 from .cache import GenerationCache, cached_generate
 from .config import RunConfig
 from .degeneracy import DetectorThresholds, assess, calibrate
+from .extension import Extension, extend_run
 from .fingerprint import Fingerprint, model_identity
 from .records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, TaskItem, VariantSpec
 from .tasks.graders import grade_output
@@ -64,6 +65,7 @@ class TaskRun:
     fingerprint: Fingerprint
     canary: CanaryResult | None = None
     wall_s: float = 0.0
+    extension: Extension | None = None  # the truncated samples continued (--extend-truncated)
 
     @property
     def complete(self) -> bool:
@@ -227,7 +229,12 @@ class Evaluator:
             thresholds = self._thresholds[task_spec] = calibrate(
                 [r.text for r in records if r.finish_reason != "error"])
         outcomes = self.grade(task_spec, records, requests, thresholds)
-        return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started)
+        extension = None
+        if self.config.extend_truncated:  # while this variant's engine is still loaded
+            extension = extend_run(self, variant, task_spec, requests, records, outcomes, thresholds,
+                                   self.config.extend_truncated)
+        return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started,
+                       extension)
 
     def judge_canary(self, task_spec: str, outcomes: list[ItemOutcome], full_run_generations: int) -> CanaryResult:
         """Fail when the canary's degenerate share is high and, by Fisher's exact test, above the reference's."""

@@ -14,6 +14,7 @@ from .baselines import Baseline, load_baseline, resolve_baseline, save_baseline
 from .config import RunConfig
 from .expectations import Expectation, expectation_checks
 from .fingerprint import check_compatible
+from .forensics import Forensics, build_forensics
 from .gate import CheckResult, apply_holm, run_checks
 from .policy import evaluate_policy
 from .records import ItemOutcome, QtestsError, VariantSpec
@@ -144,7 +145,21 @@ class GateSession:
         if result is None:
             return Verdict(None, f"no tolerance for {check} (set it with --fail-on {check}:...)")
         where = f" [{reference.source}]"
-        return Verdict(result.passed, f"{variant.label} on {task}: {result.message}{where}", result.junit_properties())
+        message = f"{variant.label} on {task}: {result.message}"
+        if check in ("truncation", "accuracy") and not result.passed:
+            message += f"; {self.forensics(variant, task).verdict_clause()}"
+        return Verdict(result.passed, message + where, result.junit_properties())
+
+    def forensics(self, variant: VariantSpec, task: str) -> Forensics | None:
+        """Truncation forensics of a compared run (None without a reference or after a failed canary)."""
+        reference = self.reference_for(variant, task)
+        run = self.run(variant, task)
+        if isinstance(reference, str) or not run.complete:
+            return None
+        live = self.config.reference is not None and not self.is_reference(variant)  # as reference_for pairs
+        reference_extension = self.run(self.config.reference, task).extension if live else None
+        return build_forensics(reference.outcomes, run.outcomes, self.config.sampling.max_tokens, self.config.alpha,
+                               reference_extension, run.extension)
 
     # -- checkpoint audit ----------------------------------------------------------------------------
     def audit(self, variant: VariantSpec) -> AuditReport:

@@ -58,8 +58,10 @@ def make_record(
 ) -> GenerationRecord:
     """Build a record the same way for every engine, so records from vLLM, transformers, an OpenAI
     server or a replay file carry the same fields with the same meaning."""
+    # A continuation's own tokens are measured alone: they start inside the thinking block when the
+    # prompt or the partial output left it open, and are all answer when the partial output closed it.
     opened = prompt_opens_thinking(request.prompt + request.continuation)
-    thinking_tokens, closed = thinking_extent(request.continuation + text, token_ids, close_token_id, opened, output_tokens)
+    thinking_tokens, closed = thinking_extent(text, token_ids, close_token_id, opened, output_tokens)
     reason = finish_reason if finish_reason in ("stop", "length") else "error"
     return GenerationRecord(
         item_id=request.item_id,
