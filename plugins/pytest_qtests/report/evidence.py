@@ -50,6 +50,7 @@ class RunEvidence:
     reference_outcomes: list[ItemOutcome] | None = None
     reference_records: list[GenerationRecord] | None = None
     items: dict[str, TaskItem] = field(default_factory=dict)
+    forensics: Any = None  # forensics.Forensics of a compared variant, else None
 
     @property
     def checks(self) -> dict[str, CheckResult]:
@@ -82,6 +83,7 @@ def gather(gate: Any) -> list[RunEvidence]:
             except QtestsError:
                 found = None
             if found is not None and not isinstance(found, str):
+                entry.forensics = gate.forensics(run.variant, row["task"])
                 entry.reference_source = found.source
                 entry.reference_outcomes = list(found.outcomes)
                 live = runs.get((reference_label, row["task"])) if reference_label else None

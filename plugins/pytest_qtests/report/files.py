@@ -39,6 +39,7 @@ from .evidence import (
 )
 from .format import TABLE_COLUMNS, row_verdict, table_cells
 from .html import render_html
+from .truncation import forensics_lines
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -82,6 +83,7 @@ def settings_of(config: RunConfig) -> dict[str, Any]:
         "canary": config.canary,
         "limit": config.limit,
         "thinking": config.thinking,
+        "extend_truncated": config.extend_truncated,
     }
 
 
@@ -185,6 +187,7 @@ def run_document(entry: RunEvidence) -> dict[str, Any]:
         "reference_thinking": reference_thinking.to_dict() if reference_thinking else None,
         "flips": {"lost": sum(f.direction == "lost" for f in flips), "gained": sum(f.direction == "gained" for f in flips)},
         "fingerprint": entry.fingerprint,
+        "truncation_forensics": None if entry.forensics is None else entry.forensics.to_dict(),
     }
 
 
@@ -233,6 +236,9 @@ def markdown_summary(entries: Sequence[RunEvidence]) -> str:
     degenerate = degeneracy_lines(entries)
     if degenerate:
         lines += ["", "### Degenerate output", ""] + [f"- {_markdown_cell(line)}" for line in degenerate]
+    truncation = forensics_lines(entries)
+    if truncation:
+        lines += ["", "### Truncation forensics", ""] + [f"- {_markdown_cell(line)}" for line in truncation]
     flips = [(entry, find_flips(entry)) for entry in entries if entry.reference_outcomes is not None]
     if flips:
         lines += ["", "### Items that flipped (details in flips.jsonl)", ""]

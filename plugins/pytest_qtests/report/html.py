@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from .evidence import Flip, RunEvidence, degeneracy_lines, failure_messages, find_flips, thinking_distribution
 from .format import TABLE_COLUMNS, cell_estimate, cell_interval, cell_p, table_cells
+from .truncation import FORENSICS_HEADER, forensics_lines, forensics_rows
 
 FLIPS_SHOWN = 5  # per variant x task and direction; flips.jsonl has all of them
 OUTPUT_CHARS_SHOWN = 4000  # per output in the page; flips.jsonl has the full text
@@ -100,6 +101,14 @@ def thinking_table(entries: Sequence[RunEvidence]) -> str:
     return _table(header, rows, {0, 1})
 
 
+def truncation_section(entries: Sequence[RunEvidence]) -> str:
+    rows = forensics_rows(entries)
+    if not rows:
+        return "<p>No variant was paired with a reference.</p>"
+    table = _table(FORENSICS_HEADER, [[_e(cell) for cell in row] for row in rows], {0, 1})
+    return table + _list(forensics_lines(entries), "Neither model was truncated.")
+
+
 def _output_block(title: str, side: dict[str, Any]) -> str:
     text = side.get("text")
     if text is None:
@@ -172,6 +181,7 @@ def render_html(entries: Sequence[RunEvidence], settings: dict[str, Any]) -> str
         ("Failed checks", _list(failure_messages(entries), "No check failed.")),
         ("Degenerate output", _list(degeneracy_lines(entries), "No degenerate output.")),
         ("Checks", checks_table(entries)),
+        ("Truncation forensics", truncation_section(entries)),
         ("Thinking length (tokens)", thinking_table(entries)),
         ("Plots", plots_section(entries)),
         ("Items that flipped", flips_section(entries)),

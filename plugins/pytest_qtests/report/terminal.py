@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .evidence import RunEvidence, degeneracy_lines, gather
 from .format import TABLE_COLUMNS, table_cells
+from .truncation import forensics_lines
 
 
 def render_table(rows: list[dict[str, Any]], width: int = 120) -> str:
@@ -24,9 +25,10 @@ def render_table(rows: list[dict[str, Any]], width: int = 120) -> str:
 
 
 def render_entries(entries: Sequence[RunEvidence], width: int = 120) -> str:
-    """The table, then one line per variant x task with degenerate outputs (top reasons, one example each)."""
+    """The table, then one line per variant x task with degenerate outputs (top reasons, one example each),
+    then the truncation forensics of each variant x task with truncated outputs."""
     text = render_table([entry.row for entry in entries], width)
-    lines = degeneracy_lines(entries)
+    lines = degeneracy_lines(entries) + forensics_lines(entries)
     return text + "".join(line + "\n" for line in lines)
 
 
