@@ -47,18 +47,19 @@ def request_key(model_id_hash: str, engine_version: str, request: GenerationRequ
     ``engine_version`` should name everything about the engine that changes outputs (engine, version,
     dtype); the backend's ``engine_version()`` is where that belongs.
     """
-    return content_hash(
-        {
-            "key_format": KEY_FORMAT,
-            "model": model_id_hash,
-            "engine": engine_version,
-            "prompt": request.prompt,
-            "sampling": request.sampling.to_dict(),
-            "sample_index": request.sample_index,
-            "seed": request.seed,
-            "continuation": request.continuation,
-        }
-    )
+    recipe = {
+        "key_format": KEY_FORMAT,
+        "model": model_id_hash,
+        "engine": engine_version,
+        "prompt": request.prompt,
+        "sampling": request.sampling.to_dict(),
+        "sample_index": request.sample_index,
+        "seed": request.seed,
+        "continuation": request.continuation,
+    }
+    if request.continuation_ids:  # only when set, so every key made before the field existed stays valid
+        recipe["continuation_ids"] = list(request.continuation_ids)
+    return content_hash(recipe)
 
 
 class GenerationCache:

@@ -60,13 +60,20 @@ def extended_cap(max_tokens: int, factor: float) -> int:
 
 def continuation_requests(requests: Sequence[GenerationRequest], records: Sequence[GenerationRecord],
                           max_tokens: int) -> list[tuple[int, GenerationRequest]]:
-    """(index, request) continuing each sample the engine cut, with the room left under ``max_tokens``."""
+    """(index, request) continuing each sample the engine cut, with the room left under ``max_tokens``.
+
+    The partial output goes in as text (what an OpenAI-compatible server takes) and, when the engine
+    returned them, as its own token ids (what vLLM and transformers are fed, so nothing is re-tokenized).
+    """
     continued = []
     for index, (request, record) in enumerate(zip(requests, records)):
         if record.finish_reason != "length" or record.output_tokens >= max_tokens:
             continue
         sampling = replace(request.sampling, max_tokens=max_tokens - record.output_tokens)
-        continued.append((index, replace(request, sampling=sampling, continuation=request.continuation + record.text)))
+        ids_known = record.token_ids is not None and (not request.continuation or request.continuation_ids)
+        ids = request.continuation_ids + tuple(record.token_ids) if ids_known else ()
+        continued.append((index, replace(request, sampling=sampling, continuation=request.continuation + record.text,
+                                         continuation_ids=ids)))
     return continued
 
 

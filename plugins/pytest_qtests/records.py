@@ -71,6 +71,9 @@ class GenerationRequest:
     prompt: str
     sampling: SamplingParams
     continuation: str = ""  # partial output to continue from (truncation forensics)
+    # The partial output's own token ids, when the engine returned them: a local engine continues from
+    # exactly the tokens it generated (decoding then re-encoding can differ, e.g. a character cut in half).
+    continuation_ids: tuple[int, ...] = ()
 
     @property
     def seed(self) -> int:

@@ -46,6 +46,13 @@ def think_close_id(tokenizer) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+def prompt_token_ids(tokenizer, request: GenerationRequest) -> list[int]:
+    """The ids a local engine is given: the prompt's, then the partial output's own ids when known."""
+    if request.continuation_ids:
+        return tokenizer.encode(request.prompt, add_special_tokens=False) + list(request.continuation_ids)
+    return tokenizer.encode(request.prompt + request.continuation, add_special_tokens=False)
+
+
 def make_record(
     request: GenerationRequest,
     text: str,

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..records import GenerationRecord, GenerationRequest, SamplingParams, VariantSpec
 from ..scoring import TOP_K, TokenScores, scores_from_logits
-from .base import EngineLoadError, ProgressCallback, last_error_line, make_record, think_close_id
+from .base import EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
 
 
 def device_info() -> dict[str, Any]:
@@ -121,8 +121,8 @@ class TransformersBackend:
 
         tokenizer, model = self._tokenizer, self._model
         sampling = batch[0].sampling
-        texts = [r.prompt + r.continuation for r in batch]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+        ids = [prompt_token_ids(tokenizer, r) for r in batch]
+        encoded = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self._device)
         torch.manual_seed(batch[0].seed)
         started = time.perf_counter()
         with torch.no_grad():

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from ..records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 from ..scoring import TOP_K, TokenScores
-from .base import EngineLoadError, ProgressCallback, make_record, think_close_id
+from .base import EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
 
 EngineArgValue = str | int | float | bool
 
@@ -288,8 +288,7 @@ class VLLMBackend:
         if not requests:
             return []
         tokenizer = llm.get_tokenizer()
-        prompts = [TokensPrompt(prompt_token_ids=tokenizer.encode(r.prompt + r.continuation, add_special_tokens=False))
-                   for r in requests]
+        prompts = [TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, r)) for r in requests]
         params = [_sampling_params(r) for r in requests]
         started = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=_progress_bar(progress) if progress else True)
