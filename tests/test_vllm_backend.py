@@ -231,3 +231,25 @@ def test_scores_of_differently_tokenized_texts_are_refused_not_compared():
     assert compare_scores(one, one).mean_abs_logprob_delta == 0
     with pytest.raises(QtestsError, match="first difference at scored token 1"):
         compare_scores(one, other)
+
+
+def test_truncated_outputs_continue_from_their_own_tokens_to_a_larger_cap(backend, prompts):
+    from pytest_qtests.extension import continuation_requests, merge_continuation
+
+    cap = 30
+    requests = [greedy(prompt, item_id=f"q{i}", max_tokens=cap) for i, prompt in enumerate(prompts)]
+    first = backend.generate(requests)
+    picked = continuation_requests(requests, first, 2 * cap)
+    assert [index for index, _ in picked] == [i for i, r in enumerate(first) if r.finish_reason == "length"]
+    assert len(picked) >= 2
+    rests = backend.generate([request for _, request in picked])
+    fresh = backend.generate([greedy(requests[index].prompt, max_tokens=2 * cap) for index, _ in picked])
+    for (index, request), rest, again in zip(picked, rests, fresh):
+        assert request.continuation_ids == tuple(first[index].token_ids)
+        assert rest.prompt_tokens == first[index].prompt_tokens + cap  # the engine was fed prompt + partial ids
+        merged = merge_continuation(first[index], rest)
+        assert merged.text.startswith(first[index].text) and merged.text == again.text
+        assert (merged.finish_reason, merged.thinking_tokens, merged.thinking_closed) == (
+            again.finish_reason, again.thinking_tokens, again.thinking_closed)
+    # only the rest was decoded: fewer tokens than re-running the truncated items
+    assert sum(r.output_tokens for r in rests) == sum(r.output_tokens for r in fresh) - cap * len(picked)
