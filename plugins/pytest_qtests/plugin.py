@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from . import distributed
 from .config import DEFAULT_FAIL_ON, RunConfig, build_config
 from .records import QtestsError, VariantSpec
 from .session import CHECKS, GateSession, Verdict
 
 _SESSION_KEY = pytest.StashKey[GateSession]()
 _NOTES_KEY = pytest.StashKey[str]()
+_CONTROLLER_KEY = pytest.StashKey[distributed.ControllerHooks]()
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="accept a baseline whose fingerprint differs in FIELD")
     add("--no-cache", dest="qt_no_cache", action="store_true", help="do not read or write the generation cache")
     add("--cache-dir", dest="qt_cache_dir", metavar="DIR", help="generation cache (default .qtests/cache)")
+    add("--gpus-per-worker", dest="qt_gpus_per_worker", type=int, metavar="N",
+        help="with pytest-xdist -n: give each worker its own N GPUs (CUDA_VISIBLE_DEVICES slice by worker id)")
     add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json, summary.md, flips.jsonl and report.html here")
 
 
@@ -108,6 +112,34 @@ def gate_session(config: pytest.Config) -> GateSession:
         run_config: RunConfig = build_config(_options(config))
         config.stash[_SESSION_KEY] = GateSession(run_config)
     return config.stash[_SESSION_KEY]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist: the controller checks the GPU budget and hands workers a run id and devices; each
+    worker pins its GPU slice here, before anything can initialise CUDA."""
+    if not _wants_qtests(config):
+        return
+    per_worker = config.getoption("qt_gpus_per_worker")
+    try:
+        if distributed.is_controller(config):
+            if config.getoption("qt_no_cache"):
+                raise QtestsError("--no-cache cannot be combined with pytest-xdist -n: the controller builds the "
+                                  "verdict table from the cache the workers share; for a cold run pass a fresh "
+                                  "--cache-dir instead")
+            devices = None
+            if per_worker:
+                devices = distributed.available_devices()
+                workers = distributed.worker_count(config)
+                if workers is not None:
+                    distributed.check_gpu_budget(workers, per_worker, devices)
+            if config.getoption("dist") == "load":  # xdist's default ignores xdist_group: one engine per variant
+                config.option.dist = "loadgroup"
+            config.stash[_CONTROLLER_KEY] = distributed.ControllerHooks(devices)
+            config.pluginmanager.register(config.stash[_CONTROLLER_KEY], "qtests-xdist-controller")
+        else:
+            distributed.pin_worker_devices(config, per_worker)
+    except QtestsError as error:
+        raise pytest.UsageError(f"qtests: {error}") from None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -203,6 +235,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     gate = config.stash[_SESSION_KEY]
     try:
+        run_id = distributed.published_run_id(config)
+        if run_id is not None:  # an xdist worker: its runs go to the controller, which reports them
+            from .run_store import publish_session_runs
+
+            publish_session_runs(gate, run_id)
+            return
+        if _CONTROLLER_KEY in config.stash:
+            from .run_store import adopt_published_runs
+
+            adopt_published_runs(gate, config.stash[_CONTROLLER_KEY].run_id)
         if gate.config.save_baseline:
             written = gate.save_baselines()
             config.stash[_NOTES_KEY] = "\n".join(f"baseline written: {path}" for path in written)

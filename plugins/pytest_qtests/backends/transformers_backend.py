@@ -9,6 +9,7 @@ version, which includes the batch size for that reason).
 from __future__ import annotations
 
 import gc
+import os
 import time
 from itertools import groupby
 from typing import Any, Sequence
@@ -26,7 +27,8 @@ def device_info() -> dict[str, Any]:
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         return {"device": "cuda", "device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),
-                "device_count": torch.cuda.device_count()}
+                "device_count": torch.cuda.device_count(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}  # the xdist worker's slice
     return {"device": "cpu", "device_name": "cpu", "threads": torch.get_num_threads()}
 
 

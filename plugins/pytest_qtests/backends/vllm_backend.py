@@ -265,6 +265,17 @@ class VLLMBackend:
         details += [f"{engine_arg_name(key)}={self._kwargs[engine_arg_name(key)]}" for key in sorted(self.engine_args)]
         return f"vllm {vllm.__version__} ({', '.join(details)})"
 
+    def device_info(self) -> dict[str, Any]:
+        """The devices serving this engine (all of the worker's slice under tensor/pipeline parallelism)."""
+        from vllm.platforms import current_platform
+
+        info: dict[str, Any] = {"device": current_platform.device_type,
+                                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if current_platform.device_type == "cuda":
+            info["device_name"] = current_platform.get_device_name()
+            info["device_memory_gib"] = round(current_platform.get_device_total_memory() / 2**30, 1)
+        return info
+
     def close(self) -> None:
         """Shut the engine's processes down and free its memory, so the next variant can load."""
         if self._llm is None:

@@ -1,0 +1,162 @@
+"""Runs published by xdist workers, so the controller can report on work it never did.
+
+Under ``pytest -n``, every evaluation happens on a worker; the controller, which prints the terminal
+summary and owns ``--qt-report`` and ``--save-baseline``, holds no run. Each worker therefore
+publishes its finished runs into the generation cache file it already shares with the other workers:
+one row per (session, variant, task) holding the graded outcomes, the fingerprint, the canary and the
+cache key of every record. The records themselves are not copied (they are already in the cache); only
+engine-error records, which the cache never stores, travel inline. The controller reads the rows of
+its own session back without loading any engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .cache import BUSY_TIMEOUT_MS, GenerationCache
+from .fingerprint import Fingerprint
+from .records import GenerationRecord, ItemOutcome, QtestsError, VariantSpec
+from .runner import CanaryResult, TaskRun
+
+if TYPE_CHECKING:
+    from .session import GateSession
+
+FORMAT = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS published_runs (
+    run_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    task TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, variant, task)
+) WITHOUT ROWID
+"""
+
+
+def run_payload(run: TaskRun) -> dict[str, Any]:
+    """A run as JSON: outcomes in full, records as cache keys (inline only where the cache has none)."""
+    if len(run.record_keys) != len(run.records):
+        raise QtestsError(f"{run.variant.label} on {run.task} has no cache keys: publishing runs needs the cache")
+    records = []
+    for key, record in zip(run.record_keys, run.records):
+        if record.finish_reason == "error":
+            records.append({"inline": record.to_dict()})
+        else:
+            records.append({"key": key, "item_id": record.item_id, "sample_index": record.sample_index})
+    return {
+        "format": FORMAT,
+        "variant": run.variant.label,
+        "task": run.task,
+        "fingerprint": run.fingerprint.to_dict(),
+        "outcomes": [outcome.to_dict() for outcome in run.outcomes],
+        "canary": None if run.canary is None else asdict(run.canary),
+        "wall_s": run.wall_s,
+        "records": records,
+    }
+
+
+def run_from_payload(payload: Mapping[str, Any], variant: VariantSpec, cache: GenerationCache) -> TaskRun:
+    """Rebuild a published run; its records come from ``cache``."""
+    wanted = [entry["key"] for entry in payload["records"] if "key" in entry]
+    found = cache.get_many(wanted)
+    records: list[GenerationRecord] = []
+    for entry in payload["records"]:
+        if "inline" in entry:
+            records.append(GenerationRecord.from_dict(entry["inline"]))
+            continue
+        if entry["key"] not in found:
+            raise QtestsError(f"generation cache {cache.path} lost records of {variant.label} on {payload['task']} "
+                              "during the run; rerun without -n or with a fresh --cache-dir")
+        records.append(replace(found[entry["key"]], item_id=entry["item_id"], sample_index=entry["sample_index"]))
+    canary = payload["canary"]
+    return TaskRun(
+        variant=variant,
+        task=payload["task"],
+        records=records,
+        outcomes=[ItemOutcome.from_dict(outcome) for outcome in payload["outcomes"]],
+        fingerprint=Fingerprint.from_dict(payload["fingerprint"]),
+        canary=None if canary is None else CanaryResult(**canary),
+        wall_s=payload["wall_s"],
+        record_keys=[entry.get("key", "") for entry in payload["records"]],
+    )
+
+
+class RunStore:
+    """The ``published_runs`` table of a generation cache file (its own connections, same WAL file)."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache = GenerationCache.in_directory(cache_dir)
+        self._connection = sqlite3.connect(self.cache.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._connection.execute(_SCHEMA)
+
+    def publish(self, run_id: str, runs: list[TaskRun]) -> None:
+        """Store this worker's runs in one transaction; a run another worker published too is replaced
+        (both were built from the same cached records)."""
+        rows = [(run_id, run.variant.label, run.task, json.dumps(run_payload(run), ensure_ascii=False), time.time())
+                for run in runs]
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._connection.executemany("INSERT OR REPLACE INTO published_runs VALUES (?, ?, ?, ?, ?)", rows)
+            self._connection.execute("COMMIT")
+        except BaseException:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            raise
+
+    def load(self, run_id: str, variants: list[VariantSpec], tasks: list[str]) -> list[TaskRun]:
+        """The runs published under ``run_id``, ordered as ``variants`` x ``tasks`` (others are skipped)."""
+        by_label = {variant.label: variant for variant in variants}
+        order = {(label, task): index for index, (label, task) in
+                 enumerate((label, task) for label in by_label for task in tasks)}
+        rows = self._connection.execute(
+            "SELECT variant, task, payload FROM published_runs WHERE run_id = ?", (run_id,)).fetchall()
+        runs = [run_from_payload(json.loads(payload), by_label[label], self.cache)
+                for label, task, payload in sorted(rows, key=lambda row: order.get((row[0], row[1]), -1))
+                if (label, task) in order]
+        return runs
+
+    def forget(self, run_id: str) -> None:
+        """Drop a session's rows once the controller has read them: they are of no use to a later run."""
+        self._connection.execute("DELETE FROM published_runs WHERE run_id = ?", (run_id,))
+
+    def close(self) -> None:
+        self._connection.close()
+        self.cache.close()
+
+
+def publish_session_runs(gate: GateSession, run_id: str) -> None:
+    """On an xdist worker: hand every run this worker evaluated to the controller."""
+    runs = list(gate.evaluator.completed_runs().values())
+    if not runs or gate.config.cache_dir is None:
+        return
+    store = RunStore(gate.config.cache_dir)
+    try:
+        store.publish(run_id, runs)
+    finally:
+        store.close()
+
+
+def adopt_published_runs(gate: GateSession, run_id: str) -> None:
+    """On the xdist controller: take the workers' runs as this session's, and compute every variant's
+    checks (on a worker they were computed as its tests ran; here the summary needs them again)."""
+    if gate.config.cache_dir is None:
+        return
+    store = RunStore(gate.config.cache_dir)
+    try:
+        gate.evaluator.adopt(store.load(run_id, gate.variants, gate.config.tasks))
+        store.forget(run_id)
+    finally:
+        store.close()
+    for variant in gate.variants:
+        try:
+            gate.checks(variant)
+        except QtestsError:
+            pass  # that variant failed on its worker, where its tests reported why
