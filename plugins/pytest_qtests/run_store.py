@@ -151,7 +151,9 @@ def adopt_published_runs(gate: GateSession, run_id: str) -> None:
         return
     store = RunStore(gate.config.cache_dir)
     try:
-        gate.evaluator.adopt(store.load(run_id, gate.variants, gate.config.tasks))
+        reference = [gate.config.reference] if gate.config.reference not in (None, *gate.variants) else []
+        evaluated = reference + gate.variants  # the reference is evaluated (on every worker) without being a test variant
+        gate.evaluator.adopt(store.load(run_id, evaluated, gate.config.tasks))
         store.forget(run_id)
     finally:
         store.close()

@@ -232,6 +232,7 @@ class VLLMBackend:
         self.engine_args = dict(engine_args or {})
         self._kwargs = engine_kwargs(spec, dtype, self.engine_args)  # validated now, used at first load
         self._llm: Any = None
+        self._tokenizer: Any = None
 
     # -- engine lifecycle ------------------------------------------------------------------------
     def _load(self) -> Any:
@@ -254,7 +255,21 @@ class VLLMBackend:
 
     @property
     def tokenizer(self) -> Any:
-        return self._load().get_tokenizer()
+        """The engine's tokenizer; before the engine starts, the same Hugging Face tokenizer loaded on its
+        own, so rendering prompts of a fully cached run never starts an engine (tens of seconds to minutes)."""
+        if self._llm is not None:
+            return self._llm.get_tokenizer()
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    self._kwargs["tokenizer"], revision=self._kwargs.get("tokenizer_revision"),
+                    trust_remote_code=self._kwargs["trust_remote_code"])
+            except Exception as error:  # any loading failure becomes one line for this variant
+                raise EngineLoadError(f"could not load the tokenizer of {self.spec.label} ({self._kwargs['tokenizer']}): "
+                                      f"{engine_error_line([], error)}") from error
+        return self._tokenizer
 
     def engine_version(self) -> str:
         """Version, device, dtype and the user's engine args: all of them change the numbers."""
