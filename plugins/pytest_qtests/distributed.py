@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pytest
 
@@ -100,17 +100,51 @@ def published_run_id(config: pytest.Config) -> str | None:
     return config.workerinput.get(RUN_ID_INPUT) if is_worker(config) else None
 
 
-class ControllerHooks:
-    """Registered on the controller only: hands each worker the run id and the devices to slice."""
+def scope_of(nodeid: str, scopes: Mapping[str, str]) -> str:
+    """The scheduling unit of a test: its variant when its parameter id is a qtests case, else itself.
 
-    def __init__(self, devices: list[str] | None):
+    ``qtests/test_gate.py::test_accuracy[int4-gsm8k]`` -> ``int4`` (``scopes`` maps case ids to labels).
+    """
+    start, end = nodeid.rfind("["), nodeid.rfind("]")
+    if 0 <= start < end:
+        return scopes.get(nodeid[start + 1 : end], nodeid)
+    return nodeid
+
+
+class ControllerHooks:
+    """Registered on the controller only: hands each worker the run id and the devices to slice, and
+    schedules whole variants onto workers.
+
+    Every test of a variant must run on one worker, or each worker it touches loads that variant's
+    engine. pytest-xdist's own ``loadgroup`` no longer groups under pytest 9 (it renames items through
+    an attribute pytest 9 no longer reads), so qtests schedules by variant itself, through xdist's
+    documented scheduler hook, whenever the user left xdist on ``load`` (the ``-n`` default) or asked
+    for ``loadgroup``; other schedulers the user chose are kept.
+    """
+
+    def __init__(self, devices: list[str] | None, case_scopes: Callable[[], dict[str, str]]):
         self.run_id = uuid.uuid4().hex
         self.devices = devices
+        self.case_scopes = case_scopes
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[RUN_ID_INPUT] = self.run_id
         if self.devices is not None:
             node.workerinput[DEVICES_INPUT] = list(self.devices)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getoption("dist") not in ("load", "loadgroup"):
+            return None
+        from xdist.scheduler import LoadScopeScheduling
+
+        scopes = self.case_scopes()
+
+        class VariantScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return scope_of(nodeid, scopes)
+
+        return VariantScheduling(config, log)
 
 
 def pin_worker_devices(config: pytest.Config, per_worker: int | None) -> list[str] | None:

@@ -132,14 +132,20 @@ def pytest_configure(config: pytest.Config) -> None:
                 workers = distributed.worker_count(config)
                 if workers is not None:
                     distributed.check_gpu_budget(workers, per_worker, devices)
-            if config.getoption("dist") == "load":  # xdist's default ignores xdist_group: one engine per variant
-                config.option.dist = "loadgroup"
-            config.stash[_CONTROLLER_KEY] = distributed.ControllerHooks(devices)
+            config.stash[_CONTROLLER_KEY] = distributed.ControllerHooks(devices, lambda: _case_scopes(config))
             config.pluginmanager.register(config.stash[_CONTROLLER_KEY], "qtests-xdist-controller")
         else:
             distributed.pin_worker_devices(config, per_worker)
     except QtestsError as error:
         raise pytest.UsageError(f"qtests: {error}") from None
+
+
+def _case_scopes(config: pytest.Config) -> dict[str, str]:
+    """Test parameter id -> variant label, for scheduling each variant's tests onto one xdist worker."""
+    session = gate_session(config)
+    cases = [Case(v, t) for v in session.variants for t in session.config.tasks]
+    cases += [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
+    return {case.id: case.variant.label for case in cases}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -170,7 +176,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep each variant's tests together (one engine load per variant) and on one xdist worker."""
+    """Keep each variant's tests together: one engine load per variant. (Under xdist, whole variants
+    go to workers through :class:`distributed.ControllerHooks`.)"""
     if _SESSION_KEY not in config.stash:
         return
     order = {v.label: i for i, v in enumerate(gate_session(config).variants)}
@@ -180,10 +187,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase))), None)
         return case.variant.label if case is not None else None
 
-    for item in items:
-        label = variant_of(item)
-        if label is not None:
-            item.add_marker(pytest.mark.xdist_group(label))
     items.sort(key=lambda item: order.get(variant_of(item) or "", -1))
 
 
