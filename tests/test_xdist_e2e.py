@@ -59,6 +59,7 @@ def pytest_sessionstart(session):
 def run_xdist(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     pytester.makepyfile(generation_log=SPY)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on a few shared cores: no OpenMP oversubscription
     monkeypatch.setenv("QT_TEST_LOG", str(pytester.path / "log.jsonl"))
     monkeypatch.setenv("PYTHONPATH", f"{pytester.path}:{__import__('os').environ.get('PYTHONPATH', '')}")
 
