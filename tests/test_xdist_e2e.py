@@ -9,13 +9,16 @@ slice each worker was pinned to.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["pytester"]
 
-ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+REPO = Path(__file__).resolve().parents[1]
+ZOO = REPO / "fixtures" / "zoo"
 LIMIT = 6
 SMALL = ["--tasks", "zoo", "--limit", str(LIMIT), "--canary", "0", "--max-tokens", "96", "-p", "no:cacheprovider",
          "-p", "generation_log"]
@@ -103,6 +106,10 @@ def test_two_workers_one_reference_generation_and_one_verdict_table(run_xdist, p
     assert sorted(run["variant"] for run in results["runs"]) == ["bf16", "int2", "int4-keep"]
     served_by = {run["fingerprint"]["extra"]["cuda_visible_devices"] for run in results["runs"]}
     assert served_by <= {"5", "7"}  # each run names the GPU slice of the worker that made it
+    served = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_records.py"), str(pytester.path / "cache")],
+                            capture_output=True, text=True, check=True).stdout
+    assert f"int2 on zoo: {LIMIT} records ({LIMIT} in the cache), served by gw" in served
+    assert "bf16 on zoo" in served and "DIFFERENT" not in served
     assert output.count("baseline written:") == 3
     assert len(list((pytester.path / "baselines").rglob("*.json*"))) >= 3
     assert "Traceback" not in output

@@ -242,7 +242,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if run_id is not None:  # an xdist worker: its runs go to the controller, which reports them
             from .run_store import publish_session_runs
 
-            publish_session_runs(gate, run_id)
+            publish_session_runs(gate, run_id, config.workerinput["workerid"])
             return
         if _CONTROLLER_KEY in config.stash:
             from .run_store import adopt_published_runs

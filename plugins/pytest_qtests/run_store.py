@@ -6,7 +6,8 @@ publishes its finished runs into the generation cache file it already shares wit
 one row per (session, variant, task) holding the graded outcomes, the fingerprint, the canary and the
 cache key of every record. The records themselves are not copied (they are already in the cache); only
 engine-error records, which the cache never stores, travel inline. The controller reads the rows of
-its own session back without loading any engine.
+its own session back without loading any engine. The rows stay in the cache afterwards: they tell
+which worker and which devices served each run (``benchmarks/gpu_records.py`` prints them).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ FORMAT = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS published_runs (
     run_id TEXT NOT NULL,
+    worker TEXT NOT NULL,
     variant TEXT NOT NULL,
     task TEXT NOT NULL,
     payload TEXT NOT NULL,
     created_at REAL NOT NULL,
-    PRIMARY KEY (run_id, variant, task)
+    PRIMARY KEY (run_id, worker, variant, task)
 ) WITHOUT ROWID
 """
 
@@ -97,14 +99,14 @@ class RunStore:
         self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._connection.execute(_SCHEMA)
 
-    def publish(self, run_id: str, runs: list[TaskRun]) -> None:
-        """Store this worker's runs in one transaction; a run another worker published too is replaced
-        (both were built from the same cached records)."""
-        rows = [(run_id, run.variant.label, run.task, json.dumps(run_payload(run), ensure_ascii=False), time.time())
-                for run in runs]
+    def publish(self, run_id: str, worker: str, runs: list[TaskRun]) -> None:
+        """Store this worker's runs in one transaction. A run several workers evaluated (the reference)
+        is stored by each: the same cached records, each worker's own devices."""
+        rows = [(run_id, worker, run.variant.label, run.task, json.dumps(run_payload(run), ensure_ascii=False),
+                 time.time()) for run in runs]
         self._connection.execute("BEGIN IMMEDIATE")
         try:
-            self._connection.executemany("INSERT OR REPLACE INTO published_runs VALUES (?, ?, ?, ?, ?)", rows)
+            self._connection.executemany("INSERT OR REPLACE INTO published_runs VALUES (?, ?, ?, ?, ?, ?)", rows)
             self._connection.execute("COMMIT")
         except BaseException:
             if self._connection.in_transaction:
@@ -112,34 +114,33 @@ class RunStore:
             raise
 
     def load(self, run_id: str, variants: list[VariantSpec], tasks: list[str]) -> list[TaskRun]:
-        """The runs published under ``run_id``, ordered as ``variants`` x ``tasks`` (others are skipped)."""
+        """The runs published under ``run_id``, one per (variant, task), ordered as ``variants`` x ``tasks``
+        (others are skipped)."""
         by_label = {variant.label: variant for variant in variants}
         order = {(label, task): index for index, (label, task) in
                  enumerate((label, task) for label in by_label for task in tasks)}
         rows = self._connection.execute(
-            "SELECT variant, task, payload FROM published_runs WHERE run_id = ?", (run_id,)).fetchall()
-        runs = [run_from_payload(json.loads(payload), by_label[label], self.cache)
-                for label, task, payload in sorted(rows, key=lambda row: order.get((row[0], row[1]), -1))
-                if (label, task) in order]
-        return runs
-
-    def forget(self, run_id: str) -> None:
-        """Drop a session's rows once the controller has read them: they are of no use to a later run."""
-        self._connection.execute("DELETE FROM published_runs WHERE run_id = ?", (run_id,))
+            "SELECT variant, task, payload FROM published_runs WHERE run_id = ? ORDER BY worker", (run_id,)).fetchall()
+        first = {}
+        for label, task, payload in rows:
+            if (label, task) in order:
+                first.setdefault((label, task), payload)
+        return [run_from_payload(json.loads(first[key]), by_label[key[0]], self.cache)
+                for key in sorted(first, key=order.__getitem__)]
 
     def close(self) -> None:
         self._connection.close()
         self.cache.close()
 
 
-def publish_session_runs(gate: GateSession, run_id: str) -> None:
+def publish_session_runs(gate: GateSession, run_id: str, worker: str) -> None:
     """On an xdist worker: hand every run this worker evaluated to the controller."""
     runs = list(gate.evaluator.completed_runs().values())
     if not runs or gate.config.cache_dir is None:
         return
     store = RunStore(gate.config.cache_dir)
     try:
-        store.publish(run_id, runs)
+        store.publish(run_id, worker, runs)
     finally:
         store.close()
 
@@ -154,7 +155,6 @@ def adopt_published_runs(gate: GateSession, run_id: str) -> None:
         reference = [gate.config.reference] if gate.config.reference not in (None, *gate.variants) else []
         evaluated = reference + gate.variants  # the reference is evaluated (on every worker) without being a test variant
         gate.evaluator.adopt(store.load(run_id, evaluated, gate.config.tasks))
-        store.forget(run_id)
     finally:
         store.close()
     for variant in gate.variants:
