@@ -43,13 +43,6 @@ class PolicyCase:
         return f"{self.variant.label}-{self.policy}"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest warns that record_property does not fit its default junit_family (xunit2), yet writes the
-    # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
-    config.addinivalue_line(
-        "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qtests", "quantized checkpoint gate")
     add = group.addoption
@@ -115,8 +108,12 @@ def gate_session(config: pytest.Config) -> GateSession:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist: the controller checks the GPU budget and hands workers a run id and devices; each
-    worker pins its GPU slice here, before anything can initialise CUDA."""
+    """Quiet a pytest warning; under xdist, the controller checks the GPU budget and hands workers a run
+    id and devices, and each worker pins its GPU slice here, before anything can initialise CUDA."""
+    # pytest warns that record_property does not fit its default junit_family (xunit2), yet writes the
+    # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
     if not _wants_qtests(config):
         return
     per_worker = config.getoption("qt_gpus_per_worker")

@@ -147,7 +147,8 @@ def publish_session_runs(gate: GateSession, run_id: str, worker: str) -> None:
 
 def adopt_published_runs(gate: GateSession, run_id: str) -> None:
     """On the xdist controller: take the workers' runs as this session's, and compute every variant's
-    checks (on a worker they were computed as its tests ran; here the summary needs them again)."""
+    paired and absolute checks (on a worker they were computed as its tests ran; here the summary needs
+    them again)."""
     if gate.config.cache_dir is None:
         return
     store = RunStore(gate.config.cache_dir)
@@ -160,5 +161,7 @@ def adopt_published_runs(gate: GateSession, run_id: str) -> None:
     for variant in gate.variants:
         try:
             gate.checks(variant)
+            for task in gate.config.tasks:
+                gate.absolute_checks(variant, task)
         except QtestsError:
             pass  # that variant failed on its worker, where its tests reported why
