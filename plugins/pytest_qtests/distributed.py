@@ -1,4 +1,4 @@
-"""pytest-xdist: one GPU slice per worker, and which process of a distributed run does what.
+"""pytest-xdist: whole variants per worker, one GPU slice per worker, and which process does what.
 
 With ``pytest -n W --gpus-per-worker N`` worker ``gwK`` sees only devices ``K*N .. K*N+N-1`` of the
 devices the controller saw, so W tensor-parallel engines share one host without fighting over a card.
