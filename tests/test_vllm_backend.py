@@ -100,6 +100,17 @@ def test_all_requests_go_to_the_engine_in_one_call_and_come_back_in_order(backen
     assert records[0].text.rstrip().endswith("Answer: 13023")
 
 
+def test_prompts_render_without_starting_an_engine_exactly_as_with_the_engines_tokenizer(backend, prompts):
+    cold = VLLMBackend(REFERENCE, FAST_START)
+    rendered = [render_prompt(cold.tokenizer, question, thinking=True) for question in QUESTIONS]
+    assert cold._llm is None  # a fully cached run renders its prompts and starts no engine
+    engine_tokenizer = backend._load().get_tokenizer()
+    assert rendered == [render_prompt(engine_tokenizer, question, thinking=True) for question in QUESTIONS]
+    assert ([cold.tokenizer.encode(p, add_special_tokens=False) for p in rendered]
+            == [engine_tokenizer.encode(p, add_special_tokens=False) for p in rendered])
+    assert backend.tokenizer is engine_tokenizer  # once the engine runs, its own tokenizer is used
+
+
 def test_a_tiny_cap_ends_with_length_inside_the_thinking_block(backend, prompts):
     record = backend.generate([greedy(prompts[0], max_tokens=5)])[0]
     assert record.finish_reason == "length"

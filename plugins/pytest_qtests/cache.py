@@ -62,6 +62,11 @@ def request_key(model_id_hash: str, engine_version: str, request: GenerationRequ
     return content_hash(recipe)
 
 
+def request_keys(model_id_hash: str, engine_version: str, requests: Sequence[GenerationRequest]) -> list[str]:
+    """:func:`request_key` of each request, in order."""
+    return [request_key(model_id_hash, engine_version, request) for request in requests]
+
+
 class GenerationCache:
     """A SQLite-backed map from :func:`request_key` to :class:`GenerationRecord`."""
 
@@ -189,8 +194,7 @@ def cached_generate(
         raise QtestsError(f"cache chunk size must be at least 1, got {chunk_size}")
     if cache is None:
         return backend.generate(requests, progress)
-    engine_version = backend.engine_version()
-    keys = [request_key(model_id_hash, engine_version, request) for request in requests]
+    keys = request_keys(model_id_hash, backend.engine_version(), requests)
     found = cache.get_many(keys)
     hits = sum(1 for key in keys if key in found)
     if progress and hits:

@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from . import distributed
 from .config import DEFAULT_FAIL_ON, RunConfig, build_config
 from .records import QtestsError, VariantSpec
 from .session import CHECKS, GateSession, Verdict
 
 _SESSION_KEY = pytest.StashKey[GateSession]()
 _NOTES_KEY = pytest.StashKey[str]()
+_CONTROLLER_KEY = pytest.StashKey[distributed.ControllerHooks]()
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class PolicyCase:
     @property
     def id(self) -> str:
         return f"{self.variant.label}-{self.policy}"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest warns that record_property does not fit its default junit_family (xunit2), yet writes the
-    # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
-    config.addinivalue_line(
-        "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,6 +87,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--cache-dir", dest="qt_cache_dir", metavar="DIR", help="generation cache (default .qtests/cache)")
     add("--extend-truncated", dest="qt_extend_truncated", type=float, metavar="F",
         help="after the run, continue every output cut at the cap up to F x the cap (reference and variants)")
+    add("--gpus-per-worker", dest="qt_gpus_per_worker", type=int, metavar="N",
+        help="with pytest-xdist -n: give each worker its own N GPUs (CUDA_VISIBLE_DEVICES slice by worker id)")
     add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json, summary.md, flips.jsonl and report.html here")
 
 
@@ -110,6 +107,44 @@ def gate_session(config: pytest.Config) -> GateSession:
         run_config: RunConfig = build_config(_options(config))
         config.stash[_SESSION_KEY] = GateSession(run_config)
     return config.stash[_SESSION_KEY]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Quiet a pytest warning; under xdist, the controller checks the GPU budget and hands workers a run
+    id and devices, and each worker pins its GPU slice here, before anything can initialise CUDA."""
+    # pytest warns that record_property does not fit its default junit_family (xunit2), yet writes the
+    # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
+    if not _wants_qtests(config):
+        return
+    per_worker = config.getoption("qt_gpus_per_worker")
+    try:
+        if distributed.is_controller(config):
+            if config.getoption("qt_no_cache"):
+                raise QtestsError("--no-cache cannot be combined with pytest-xdist -n: the controller builds the "
+                                  "verdict table from the cache the workers share; for a cold run pass a fresh "
+                                  "--cache-dir instead")
+            devices = None
+            if per_worker:
+                devices = distributed.available_devices()
+                workers = distributed.worker_count(config)
+                if workers is not None:
+                    distributed.check_gpu_budget(workers, per_worker, devices)
+            config.stash[_CONTROLLER_KEY] = distributed.ControllerHooks(devices, lambda: _case_scopes(config))
+            config.pluginmanager.register(config.stash[_CONTROLLER_KEY], "qtests-xdist-controller")
+        else:
+            distributed.pin_worker_devices(config, per_worker)
+    except QtestsError as error:
+        raise pytest.UsageError(f"qtests: {error}") from None
+
+
+def _case_scopes(config: pytest.Config) -> dict[str, str]:
+    """Test parameter id -> variant label, for scheduling each variant's tests onto one xdist worker."""
+    session = gate_session(config)
+    cases = [Case(v, t) for v in session.variants for t in session.config.tasks]
+    cases += [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
+    return {case.id: case.variant.label for case in cases}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -140,7 +175,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep each variant's tests together (one engine load per variant) and on one xdist worker."""
+    """Keep each variant's tests together: one engine load per variant. (Under xdist, whole variants
+    go to workers through :class:`distributed.ControllerHooks`.)"""
     if _SESSION_KEY not in config.stash:
         return
     order = {v.label: i for i, v in enumerate(gate_session(config).variants)}
@@ -150,10 +186,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase))), None)
         return case.variant.label if case is not None else None
 
-    for item in items:
-        label = variant_of(item)
-        if label is not None:
-            item.add_marker(pytest.mark.xdist_group(label))
     items.sort(key=lambda item: order.get(variant_of(item) or "", -1))
 
 
@@ -205,6 +237,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     gate = config.stash[_SESSION_KEY]
     try:
+        run_id = distributed.published_run_id(config)
+        if run_id is not None:  # an xdist worker: its runs go to the controller, which reports them
+            from .run_store import publish_session_runs
+
+            publish_session_runs(gate, run_id, config.workerinput["workerid"])
+            return
+        if _CONTROLLER_KEY in config.stash:
+            from .run_store import adopt_published_runs
+
+            adopt_published_runs(gate, config.stash[_CONTROLLER_KEY].run_id)
         if gate.config.save_baseline:
             written = gate.save_baselines()
             config.stash[_NOTES_KEY] = "\n".join(f"baseline written: {path}" for path in written)

