@@ -84,7 +84,7 @@ def _run(cache_dir: Path, label: str, with_error: bool = False) -> TaskRun:
                                       sampling=SAMPLING, thinking=True, repeats=1, engine="fake", engine_version=ENGINE,
                                       extra={"device": "cuda", "cuda_visible_devices": "2,3"})
     canary = CanaryResult(2, 0, 0, 1.0, True, [], 3)
-    return TaskRun(variant, "zoo", records, outcomes, fingerprint, canary, 1.5, keys)
+    return TaskRun(variant, "zoo", records, outcomes, fingerprint, canary, 1.5, record_keys=keys)
 
 
 def test_a_published_run_reads_back_equal_with_records_from_the_cache(tmp_path):

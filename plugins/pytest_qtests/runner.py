@@ -239,7 +239,8 @@ class Evaluator:
             canary = self.judge_canary(task_spec, canary_outcomes, len(requests))
             if not canary.passed:
                 return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
-                               time.perf_counter() - started, self.record_keys(variant, canary_requests))
+                               time.perf_counter() - started,
+                               record_keys=self.record_keys(variant, canary_requests))
         records = self.generate(variant, requests, "generate")
         if is_reference:
             # The reference's own outputs are judged with thresholds calibrated on them, like everyone's.
@@ -251,7 +252,7 @@ class Evaluator:
             extension = extend_run(self, variant, task_spec, requests, records, outcomes, thresholds,
                                    self.config.extend_truncated)
         return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started,
-                       extension, self.record_keys(variant, requests))
+                       extension=extension, record_keys=self.record_keys(variant, requests))
 
     def judge_canary(self, task_spec: str, outcomes: list[ItemOutcome], full_run_generations: int) -> CanaryResult:
         """Fail when the canary's degenerate share is high and, by Fisher's exact test, above the reference's."""
