@@ -4,7 +4,7 @@ Every test reads the same lazily evaluated runs (see ``pytest_qtests.session``);
 states what moved, by how much, against which tolerance and reference.
 """
 
-from pytest_qtests.plugin import check_case, check_policy
+from pytest_qtests.plugin import check_case, check_parity, check_policy
 
 
 def test_degenerate(qt_session, qt_case, qt_run, record_property):
@@ -30,3 +30,8 @@ def test_length(qt_session, qt_case, qt_run, record_property):
 def test_policy(qt_session, qt_policy_case, record_property):
     """The checkpoint keeps the layers the policy says in the format it says (static audit)."""
     check_policy(qt_session, qt_policy_case, record_property)
+
+
+def test_parity(qt_session, qt_parity_case, record_property):
+    """With --parity A,B: engines A and B score the model's own greedy texts alike (an engine bug is not a quantization loss)."""
+    check_parity(qt_session, qt_parity_case, record_property)

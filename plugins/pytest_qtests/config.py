@@ -19,6 +19,7 @@ from jsonschema.exceptions import best_match
 from .expectations import Expectations, build_expectations
 from .extension import extended_cap
 from .gate import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
+from .parity import parse_parity
 from .records import QtestsError, SamplingParams, VariantSpec
 from .sampling import sampling_preset
 from .tasks.registry import task_spec_name
@@ -48,6 +49,7 @@ class RunConfig:
     alpha: float = 0.05
     policies: list[str] = field(default_factory=list)
     canary: int = DEFAULT_CANARY
+    parity: tuple[str, str] | None = None  # (engine under test, engine it is held to)
     baseline: str | None = None
     baseline_dir: Path = Path("baselines")
     save_baseline: bool = False
@@ -181,6 +183,7 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         alpha=_first(options.get("qt_alpha"), suite.get("alpha"), 0.05),
         policies=options.get("qt_policies") or suite.get("policies", []),
         canary=_first(options.get("qt_canary"), suite.get("canary"), DEFAULT_CANARY),
+        parity=parse_parity(_first(options.get("qt_parity"), suite.get("parity"))),
         baseline=options.get("qt_baseline") or suite.get("baseline"),
         baseline_dir=Path(baseline_dir),
         save_baseline=bool(options.get("qt_save_baseline")),

@@ -78,6 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--policy", action="append", dest="qt_policies", metavar="RULE",
         help="checkpoint policy: keep-shared-expert, keep-linear-attn, keep-router, keep-lm-head, keep-attn, CLASS=FORMAT")
     add("--canary", dest="qt_canary", type=int, metavar="N", help="canary items per variant (0 disables; default 16)")
+    add("--parity", dest="qt_parity", metavar="A,B",
+        help="also run each model on engines A and B (e.g. vllm,transformers) and compare greedy outputs and log-probs")
     add("--save-baseline", dest="qt_save_baseline", action="store_true", help="store every evaluated model as a baseline")
     add("--baseline", dest="qt_baseline", metavar="NAME_OR_PATH", help="stored baseline to compare with (no --reference)")
     add("--baseline-dir", dest="qt_baseline_dir", metavar="DIR", help="baseline store (default baselines/)")
@@ -157,7 +159,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    wanted = {"qt_case", "qt_policy_case"} & set(metafunc.fixturenames)
+    wanted = {"qt_case", "qt_policy_case", "qt_parity_case"} & set(metafunc.fixturenames)
     if not wanted:
         return
     if not _wants_qtests(metafunc.config):
@@ -172,6 +174,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qt_policy_case" in wanted:
         cases = [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
         metafunc.parametrize("qt_policy_case", cases, ids=[c.id for c in cases])
+    if "qt_parity_case" in wanted:  # without --parity the test is deselected (see collection below)
+        cases = [Case(v, t) for v in session.variants for t in session.config.tasks] if session.config.parity else []
+        metafunc.parametrize("qt_parity_case", cases, ids=[c.id for c in cases])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -179,6 +184,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     go to workers through :class:`distributed.ControllerHooks`.)"""
     if _SESSION_KEY not in config.stash:
         return
+    if gate_session(config).config.parity is None:
+        unwanted = [item for item in items if "qt_parity_case" in getattr(item, "fixturenames", ())]
+        if unwanted:
+            config.hook.pytest_deselected(items=unwanted)
+            items[:] = [item for item in items if item not in unwanted]
     order = {v.label: i for i, v in enumerate(gate_session(config).variants)}
 
     def variant_of(item: pytest.Item) -> str | None:
@@ -218,6 +228,14 @@ def check_case(session: GateSession, case: Case, check: str, record_property: An
         raise ValueError(f"unknown check {check}")
     try:
         verdict = session.verdict(case.variant, case.task, check)
+    except QtestsError as error:
+        pytest.fail(str(error), pytrace=False)
+    enforce(verdict, record_property)
+
+
+def check_parity(session: GateSession, case: Case, record_property: Any) -> None:
+    try:
+        verdict = session.parity_verdict(case.variant, case.task)
     except QtestsError as error:
         pytest.fail(str(error), pytrace=False)
     enforce(verdict, record_property)
@@ -267,6 +285,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if gate.evaluator.completed_runs():
         terminalreporter.section("qtests verdicts")
         terminalreporter.write(render_summary(gate, terminalreporter.config.get_terminal_writer().fullwidth))
+    if gate.parity_reports:
+        terminalreporter.section("qtests engine parity")
+        for report in gate.parity_reports.values():
+            terminalreporter.write_line(report.message)
     notes = config.stash.get(_NOTES_KEY, "")
     if notes:
         terminalreporter.write_line(notes)

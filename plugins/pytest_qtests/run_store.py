@@ -84,7 +84,7 @@ def run_from_payload(payload: Mapping[str, Any], variant: VariantSpec, cache: Ge
         records=records,
         outcomes=[ItemOutcome.from_dict(outcome) for outcome in payload["outcomes"]],
         fingerprint=Fingerprint.from_dict(payload["fingerprint"]),
-        canary=None if canary is None else CanaryResult(**canary),
+        canary=None if canary is None else CanaryResult.from_dict(canary),
         wall_s=payload["wall_s"],
         record_keys=[entry.get("key", "") for entry in payload["records"]],
     )

@@ -18,41 +18,18 @@ from typing import Any, Iterator
 
 from .backends import create_backend
 from .cache import GenerationCache, cached_generate, request_keys
+from .canary import CanaryDivergence, CanaryResult, judge_canary
 from .config import RunConfig
 from .degeneracy import DetectorThresholds, assess, calibrate
+from .divergence import pool
 from .extension import Extension, extend_run
 from .fingerprint import Fingerprint, model_identity
 from .records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, TaskItem, VariantSpec
+from .scoring import TokenScores, compare_scores
 from .tasks.graders import grade_output
 from .tasks.loaders import TaskData, load_task
 from .tasks.prompts import prompt_opens_thinking, render_prompt
 from .tasks.registry import resolve_task_spec
-
-CANARY_MIN_RATE = 0.25  # a canary fails only if at least this share of its outputs is degenerate ...
-CANARY_P_VALUE = 0.01  # ... and Fisher's exact test says that is more than the reference's share
-
-
-@dataclass
-class CanaryResult:
-    """The cheap first look at a variant: a few items, judged against the reference on the same items."""
-
-    n_items: int
-    variant_degenerate: int
-    reference_degenerate: int | None
-    p_value: float | None
-    passed: bool
-    reasons: list[str] = field(default_factory=list)
-    full_run_generations: int = 0
-
-    @property
-    def message(self) -> str:
-        ref = "" if self.reference_degenerate is None else f" vs {self.reference_degenerate}/{self.n_items} for the reference"
-        p = "" if self.p_value is None else f", Fisher p={self.p_value:.2g}"
-        verdict = "failed" if not self.passed else "passed"
-        head = (f"canary {verdict}: {self.variant_degenerate}/{self.n_items} outputs degenerate{ref}{p}; "
-                f"{self.n_items} of the {self.full_run_generations} generations of the full run were made")
-        return head + (f"; e.g. {self.reasons[0]}" if self.reasons else "")
-
 
 @dataclass
 class TaskRun:
@@ -85,6 +62,7 @@ class Evaluator:
         self._backend_label: str | None = None
         self._thresholds: dict[str, DetectorThresholds] = {}
         self._identities: dict[str, dict[str, Any]] = {}
+        self._reference_scores: dict[str, tuple[list[str], list[TokenScores]] | str] = {}
         self._cache = GenerationCache.in_directory(config.cache_dir) if config.cache_dir and config.backend != "replay" else None
         self._adopted = False  # True on an xdist controller: runs come from the workers, engines never load
 
@@ -172,8 +150,10 @@ class Evaluator:
             opened = prompt_opens_thinking(request.prompt)
             grade = grade_output(data.task.grader, record.text, items[record.item_id], opened)
             truncated = record.finish_reason == "length" or not record.thinking_closed
+            # Only a cut at the cap excuses a missing answer; a model that stops by itself inside its
+            # thinking (``<think>w``, as broken weights do) is degenerate, not truncated.
             verdict = assess(record.text, None, thresholds or DetectorThresholds(),
-                             answer_found=grade.extracted is not None, truncated=truncated)
+                             answer_found=grade.extracted is not None, truncated=record.finish_reason == "length")
             outcomes.append(ItemOutcome(
                 record.item_id, record.sample_index, grade.correct, truncated, record.output_tokens,
                 record.thinking_tokens, record.thinking_closed, grade.extracted, verdict.degenerate,
@@ -227,6 +207,9 @@ class Evaluator:
         is_reference = self.config.reference is not None and variant.label == self.config.reference.label
         thresholds = None if is_reference else self.thresholds(task_spec)
         started = time.perf_counter()
+        # while the reference's engine is still loaded: its scores of its own canary texts
+        reference_scores = ("not a canary" if is_reference or not self.config.canary
+                            else self.reference_canary_scores(task_spec))
         requests = self.requests(variant, task_spec)
         fingerprint = self.fingerprint(variant, task_spec)
         canary = None
@@ -236,7 +219,9 @@ class Evaluator:
             canary_requests = [requests[i] for i in picked]
             canary_records = self.generate(variant, canary_requests, "canary")
             canary_outcomes = self.grade(task_spec, canary_records, canary_requests, thresholds)
-            canary = self.judge_canary(task_spec, canary_outcomes, len(requests))
+            reference_outcomes = None if self.config.reference is None else self.run(self.config.reference, task_spec).outcomes
+            divergence = self.canary_divergence(variant, reference_scores)
+            canary = judge_canary(canary_outcomes, reference_outcomes, divergence, len(requests))
             if not canary.passed:
                 return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
                                time.perf_counter() - started,
@@ -254,23 +239,37 @@ class Evaluator:
         return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started,
                        extension=extension, record_keys=self.record_keys(variant, requests))
 
-    def judge_canary(self, task_spec: str, outcomes: list[ItemOutcome], full_run_generations: int) -> CanaryResult:
-        """Fail when the canary's degenerate share is high and, by Fisher's exact test, above the reference's."""
-        bad = [o for o in outcomes if o.degenerate]
-        reference_bad = p_value = None
-        if self.config.reference is not None:
-            ref_run = self.run(self.config.reference, task_spec)
-            wanted = {(o.item_id, o.sample_index) for o in outcomes}
-            reference_bad = sum(o.degenerate for o in ref_run.outcomes if (o.item_id, o.sample_index) in wanted)
-            from scipy.stats import fisher_exact
+    # -- the canary's teacher-forced divergence -----------------------------------------------------
+    def reference_canary_scores(self, task_spec: str) -> tuple[list[str], list[TokenScores]] | str:
+        """The reference's canary texts (prompt + its own output) and its scores of them, once per task;
+        a string says why there are none. Called while the reference's engine is still loaded."""
+        if task_spec not in self._reference_scores:
+            reference = self.config.reference
+            if reference is None:
+                found: tuple[list[str], list[TokenScores]] | str = "no live --reference to score against"
+            elif not hasattr(self.backend(reference), "score"):
+                found = f"the {self.config.backend} backend cannot score tokens"
+            else:
+                run = self.run(reference, task_spec)
+                requests = self.requests(reference, task_spec)
+                picked = canary_indices(len(requests), self.config.canary) if len(requests) > self.config.canary else []
+                texts = [requests[i].prompt + run.records[i].text for i in picked
+                         if run.records[i].finish_reason != "error"]
+                found = (texts, self.backend(reference).score(texts)) if texts else "no reference canary outputs to score"
+            self._reference_scores[task_spec] = found
+        return self._reference_scores[task_spec]
 
-            n = len(outcomes)
-            p_value = float(fisher_exact([[len(bad), n - len(bad)], [reference_bad, n - reference_bad]],
-                                         alternative="greater").pvalue)
-        rate = len(bad) / len(outcomes)
-        failed = rate >= CANARY_MIN_RATE and (p_value is None or p_value < CANARY_P_VALUE)
-        reasons = [f"item {o.item_id}: {o.degenerate_reasons[0]}" for o in bad if o.degenerate_reasons][:3]
-        return CanaryResult(len(outcomes), len(bad), reference_bad, p_value, not failed, reasons, full_run_generations)
+    def canary_divergence(self, variant: VariantSpec,
+                          reference_scores: tuple[list[str], list[TokenScores]] | str) -> CanaryDivergence:
+        """The variant scores the reference's canary texts; pooled divergence from the reference's scores."""
+        if isinstance(reference_scores, str):
+            return CanaryDivergence(None, reference_scores)
+        texts, reference = reference_scores
+        try:
+            reports = [compare_scores(r, v) for r, v in zip(reference, self.backend(variant).score(texts))]
+        except QtestsError as error:  # e.g. a variant shipped with a different tokenizer
+            return CanaryDivergence(None, str(error))
+        return CanaryDivergence(pool(reports))
 
     @contextmanager
     def _generation_lock(self, identity: str) -> Iterator[None]:

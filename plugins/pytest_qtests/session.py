@@ -16,6 +16,7 @@ from .expectations import Expectation, expectation_checks
 from .fingerprint import check_compatible
 from .forensics import Forensics, build_forensics
 from .gate import CheckResult, apply_holm, run_checks
+from .parity import ParityReport
 from .policy import evaluate_policy
 from .records import ItemOutcome, QtestsError, VariantSpec
 from .runner import Evaluator, TaskRun
@@ -51,6 +52,7 @@ class GateSession:
         self._absolute: dict[tuple[str, str], dict[str, CheckResult]] = {}
         self._audits: dict[str, AuditReport | QtestsError] = {}
         self._references: dict[tuple[str, str], ReferenceOutcomes | str] = {}
+        self.parity_reports: dict[tuple[str, str], ParityReport] = {}
 
     # -- what the suite parametrizes over ----------------------------------------------------------------
     @property
@@ -130,10 +132,10 @@ class GateSession:
     def verdict(self, variant: VariantSpec, task: str, check: str) -> Verdict:
         run = self.run(variant, task)
         if check == "degenerate" and run.canary is not None and not run.canary.passed:
-            return Verdict(False, f"{variant.label} on {task}: {run.canary.message}",
-                           {"canary.degenerate": run.canary.variant_degenerate, "canary.items": run.canary.n_items})
+            return Verdict(False, f"{variant.label} on {task}: {run.canary.message}", run.canary.junit_properties())
         if not run.complete:
-            return Verdict(None, f"{variant.label} failed its canary on {task}; full run not made")
+            return Verdict(None, f"{variant.label} failed its canary on {task} after {run.canary.spent}; "
+                                 f"full run not made, {check} not judged")
         absolute = self.absolute_checks(variant, task).get(check)
         if absolute is not None:
             message = f"{variant.label} on {task}: {absolute.message} [expected in {absolute.details['source']}]"
@@ -160,6 +162,17 @@ class GateSession:
         reference_extension = self.run(self.config.reference, task).extension if live else None
         return build_forensics(reference.outcomes, run.outcomes, self.config.sampling.max_tokens, self.config.alpha,
                                reference_extension, run.extension)
+
+    def parity_verdict(self, variant: VariantSpec, task: str) -> Verdict:
+        """``--parity A,B``: the variant on both engines; fails when their teacher-forced scores part."""
+        from .parity_runner import run_parity
+
+        assert self.config.parity is not None
+        key = (variant.label, task)
+        if key not in self.parity_reports:
+            self.parity_reports[key] = run_parity(self.evaluator, variant, task, self.config.parity)
+        report = self.parity_reports[key]
+        return Verdict(report.passed, report.message, report.junit_properties())
 
     # -- checkpoint audit ----------------------------------------------------------------------------
     def audit(self, variant: VariantSpec) -> AuditReport:

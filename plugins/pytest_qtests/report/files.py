@@ -147,6 +147,7 @@ def _canary_document(canary: Any) -> dict[str, Any] | None:
         "reference_degenerate": canary.reference_degenerate, "p_value": finite_or_none(canary.p_value),
         "full_run_generations": canary.full_run_generations, "reasons": list(canary.reasons),
         "message": canary.message,
+        "divergence": None if canary.divergence is None else canary.divergence.to_dict(),
     }
 
 
