@@ -7,9 +7,9 @@ engine starts).
 
 What it measures, on the first ``--limit`` items of the zoo task with the model's own chat template:
 
-- greedy generation in both engines (vLLM through :class:`VLLMBackend`, transformers through
-  :class:`TransformersBackend`, batched with left padding): per-item agreement of the output tokens,
-  the first differing output token, and each engine's accuracy;
+- greedy generation in both engines through the package's parity check (``pytest_qtests.parity_runner``,
+  what ``pytest --parity vllm,transformers`` runs): per-item agreement of the output tokens, the first
+  differing output token, each engine's accuracy, and the teacher-forced verdict;
 - teacher-forced scoring of the same texts (prompt + transformers' greedy output) in vLLM
   (``prompt_logprobs``) and in transformers (one forward pass, log-softmax) in bf16 and float32:
   mean |Δ logprob|, top-1 agreement and the first diverging position, via ``divergence.compare_logprobs``.
@@ -171,52 +171,29 @@ def teacher_forced(
 
 
 def greedy_parity(limit: int, max_tokens: int, engine_args: dict) -> tuple[dict, list[str], list[int]]:
-    """Greedy outputs of both engines, per-item agreement and accuracy; the texts to score next."""
-    from pytest_qtests.backends.transformers_backend import TransformersBackend
-    from pytest_qtests.backends.vllm_backend import VLLMBackend
-    from pytest_qtests.records import GenerationRequest, SamplingParams, VariantSpec
-    from pytest_qtests.tasks.graders import grade_output
-    from pytest_qtests.tasks.loaders import load_task
-    from pytest_qtests.tasks.prompts import render_prompt
-    from pytest_qtests.tasks.registry import get_task
+    """Greedy outputs of both engines through the package's parity check; the texts to score next."""
+    from transformers import AutoTokenizer
 
-    task = get_task("zoo")
-    items = load_task(task, limit=limit).items
-    spec = VariantSpec("tiny-qwen3next", str(REFERENCE))
-    engines = {"transformers": TransformersBackend(spec, dtype="bfloat16"), "vllm": VLLMBackend(spec, engine_args)}
-    tokenizer = engines["transformers"].tokenizer
-    prompts = [render_prompt(tokenizer, task.user_message(item), thinking=True) for item in items]
-    requests = [GenerationRequest(item.item_id, 0, prompt, SamplingParams(max_tokens=max_tokens))
-                for item, prompt in zip(items, prompts)]
-    records, seconds, versions = {}, {}, {}
-    for name, engine in engines.items():
-        started = time.perf_counter()
-        records[name] = engine.generate(requests)
-        seconds[name] = round(time.perf_counter() - started, 1)
-        versions[name] = engine.engine_version()
-        engine.close()
-    per_item = []
-    for item, hf, vl in zip(items, records["transformers"], records["vllm"]):
-        differ = next((i for i, (a, b) in enumerate(zip(hf.token_ids, vl.token_ids)) if a != b),
-                      None if hf.token_ids == vl.token_ids else min(len(hf.token_ids), len(vl.token_ids)))
-        per_item.append({
-            "id": item.item_id, "question": item.question, "answer": item.answer,
-            "same_output": hf.token_ids == vl.token_ids, "first_differing_output_token": differ,
-            "transformers_correct": grade_output(task.grader, hf.text, item).correct,
-            "vllm_correct": grade_output(task.grader, vl.text, item).correct,
-            "transformers_text": hf.text, "vllm_text": vl.text,
-        })
-    n = len(per_item)
-    summary = {
-        "items": n,
-        "engines": versions,
-        "generate_seconds_incl_load": seconds,
-        "greedy_agreement": sum(p["same_output"] for p in per_item) / n,
-        "accuracy": {name: sum(p[f"{name}_correct"] for p in per_item) / n for name in engines},
-        "finish_reasons": {name: sorted({r.finish_reason for r in records[name]}) for name in engines},
-        "per_item": per_item,
-    }
-    texts = [prompt + record.text for prompt, record in zip(prompts, records["transformers"])]
+    from pytest_qtests.config import build_config
+    from pytest_qtests.parity_runner import run_parity
+    from pytest_qtests.runner import Evaluator
+    from pytest_qtests.tasks.prompts import render_prompt
+
+    config = build_config({
+        "qt_models": [f"tiny-qwen3next={REFERENCE}"], "qt_tasks": "zoo", "qt_limit": limit, "qt_canary": limit,
+        "qt_max_tokens": max_tokens, "qt_dtype": "bfloat16", "qt_no_cache": True,
+        "qt_engine_args": [f"{key}={value}" for key, value in engine_args.items()],
+    })
+    evaluator = Evaluator(config)
+    started = time.perf_counter()
+    report = run_parity(evaluator, config.models[0], "zoo", ("vllm", "transformers"))
+    summary = {**report.to_dict(), "seconds_incl_engine_loads": round(time.perf_counter() - started, 1),
+               "message": report.message}
+    # the texts both engines scored: prompt + transformers' greedy output, for the experiments below
+    tokenizer = AutoTokenizer.from_pretrained(REFERENCE)
+    data = evaluator.task_data("zoo")
+    prompts = [render_prompt(tokenizer, data.task.user_message(item), thinking=True) for item in data.items]
+    texts = [prompt + item.texts[1] for prompt, item in zip(prompts, report.items)]
     prompt_lengths = [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
     return summary, texts, prompt_lengths
 
@@ -230,14 +207,12 @@ def write_atomically(path: Path, data: dict) -> None:
 
 def print_summary(result: dict) -> None:
     greedy = result["greedy"]
-    print(f"\n== greedy, {greedy['items']} zoo items ==")
-    for name, version in greedy["engines"].items():
-        print(f"  {name:12s} {version}: accuracy {greedy['accuracy'][name]:.3f}")
-    print(f"  identical outputs: {greedy['greedy_agreement']:.3f}")
-    differing = [p for p in greedy["per_item"] if not p["same_output"]]
-    for p in differing[:5]:
-        print(f"  {p['id']} {p['question']}: first differing output token {p['first_differing_output_token']}")
-        print(f"     transformers: {p['transformers_text']!r}\n     vllm:         {p['vllm_text']!r}")
+    print(f"\n== greedy, {len(greedy['items'])} zoo items ==\n  {greedy['message']}")
+    for name, version, accuracy in zip(greedy["engines"], greedy["engine_versions"], greedy["accuracy"]):
+        print(f"  {name:12s} {version}: accuracy {accuracy:.3f}")
+    for item in [i for i in greedy["items"] if i["first_differing_output_token"] is not None][:5]:
+        print(f"  item {item['item_id']}: first differing output token {item['first_differing_output_token']}")
+        print(f"     vllm:         {item['texts'][0]!r}\n     transformers: {item['texts'][1]!r}")
     for checkpoint, comparisons in result["teacher_forced"].items():
         print(f"\n== teacher-forced, {checkpoint} ==")
         for name, s in comparisons.items():
