@@ -12,11 +12,11 @@ Two independent signals, either of which fails the canary:
   is how far the variant moved the log-probability the reference gave each of its own tokens, and
   top-1 agreement is how often both pick the same next token.
 
-Divergence limits, measured on the zoo (16 canary texts, transformers on the CPU; see
-``fixtures/README.md``): INT4 variants move the reference's tokens by ~0.1 nats with >= 0.98 top-1
-agreement, the aggressive INT2 variant (-30 pp accuracy, a quality loss the accuracy check is there
-to judge) by 0.49 nats at 0.92, a checkpoint with lost expert scales by 3.3 nats at 0.60. The limits
-sit between "much worse" and "not the same model any more":
+Divergence limits, measured on the zoo (the reference's 16 canary texts, 749 scored tokens,
+transformers on the CPU; ``fixtures/README.md``): the INT4 variants move the reference's tokens by
+0.18-0.23 nats with 0.985 top-1 agreement, the aggressive INT2 variant (-30 pp accuracy, a quality
+loss the accuracy check is there to judge) by 0.63 nats at 0.917, NVFP4 with broken expert scales by
+4.0 nats at 0.54-0.55. The limits sit between "much worse" and "not the same model any more":
 
 * ``DIVERGENCE_MAX_MEAN_ABS_DELTA`` = 1.0 nat: on average every token's probability changed e-fold
   (the same per-position limit ``divergence.first_divergence`` uses);
