@@ -181,7 +181,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep each variant's tests together: one engine load per variant. (Under xdist, whole variants
-    go to workers through :class:`distributed.ControllerHooks`.)"""
+    go to workers through :class:`distributed.ControllerHooks`.) Without ``--parity``, drop
+    ``test_parity`` (deselected rather than skipped, so plain runs count no extra skip)."""
     if _SESSION_KEY not in config.stash:
         return
     if gate_session(config).config.parity is None:
