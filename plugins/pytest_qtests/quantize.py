@@ -14,7 +14,6 @@ into place only once it is complete, with ``qtests_provenance.json`` beside its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,14 +25,13 @@ from typing import Any, Iterator
 
 from .audit import SHARED_EXPERT_GATE, classify
 from .policy import NAMED_POLICIES
+from .provenance import PROVENANCE_FILE, plan_provenance, sha256_file
 from .records import QtestsError
 from .report.files import atomic_write
 
 SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16")
 FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "llm_compressor")
 INTEGER_SCHEMES: tuple[str, ...] = ("W2A16", "W3A16", "W4A16", "W8A16")  # the only ones with a free group size
-PROVENANCE_FILE = "qtests_provenance.json"
-PROVENANCE_VERSION = 1
 DEFAULT_SEED = 0
 
 
@@ -141,10 +139,10 @@ def prepare_calibration(spec: str | None, tokenizer: Any, settings: QuantizeSett
         if not path.is_file():
             raise QtestsError(f"calibration file {path} does not exist; pass a JSONL file or a task name")
         _check_calibration_file(path)
-        return Calibration(str(spec), path.resolve(), _sha256(path))
+        return Calibration(str(spec), path.resolve(), sha256_file(path))
     target = scratch / "calibration.jsonl"
     write_task_calibration(spec, tokenizer, settings, target)
-    return Calibration(f"task {spec}", target, _sha256(target))
+    return Calibration(f"task {spec}", target, sha256_file(target))
 
 
 def _check_calibration_file(path: Path) -> None:
@@ -188,92 +186,6 @@ def _cycle(items: list[Any]) -> Iterator[Any]:
         yield from items
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# -- provenance -----------------------------------------------------------------------------------
-
-
-def model_digest(model: str) -> str | None:
-    """sha256 over a local checkpoint's weight files (names and bytes); None for a hub id."""
-    directory = Path(model)
-    if not directory.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for shard in sorted(directory.glob("*.safetensors")):
-        digest.update(shard.name.encode())
-        digest.update(_sha256(shard).encode())
-    return digest.hexdigest()
-
-
-def plan_provenance(model: str, settings: QuantizeSettings, calibration: Calibration | None) -> dict[str, Any]:
-    """The provenance a build will write, up to the parts known only afterwards (kept modules).
-
-    ``settings`` plus the inputs' hashes decide the bytes; :func:`same_build` compares exactly these.
-    """
-    recipe = RECIPES[settings.recipe]
-    return {
-        "qtests_provenance": PROVENANCE_VERSION,
-        "model": model,
-        "model_sha256": model_digest(model),
-        "settings": asdict(settings),
-        "recipe": {"name": recipe.name, "description": recipe.description, "kept_classes": list(recipe.kept_classes),
-                   "policies": list(recipe.policies)},
-        "calibration": None if calibration is None else {"source": calibration.source, "sha256": calibration.sha256},
-        "versions": _versions(),
-    }
-
-
-def same_build(existing: dict[str, Any] | None, planned: dict[str, Any]) -> bool:
-    """True when ``existing`` was made from the same inputs, settings and library versions as ``planned``."""
-    if existing is None:
-        return False
-    keys = ("model_sha256", "settings", "recipe", "calibration", "versions")
-    return all(existing.get(key) == planned.get(key) for key in keys) and existing.get("model_sha256") is not None
-
-
-def read_provenance(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The provenance beside a local checkpoint, or None when there is none (or it is not a local dir)."""
-    path = Path(checkpoint) / PROVENANCE_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise QtestsError(f"{path} is not readable JSON ({error}); delete it or rebuild with qtests quantize") from None
-    return data if isinstance(data, dict) else None
-
-
-def describe_provenance(provenance: dict[str, Any]) -> str:
-    """One line for the audit and the reports: how the checkpoint was made."""
-    settings = provenance.get("settings", {})
-    versions = provenance.get("versions", {})
-    calibration = provenance.get("calibration")
-    calib = (f"calibration {calibration['source']} (sha256 {calibration['sha256'][:12]})" if calibration
-             else "auto-round's default calibration")
-    group = f" g{settings['group_size']}" if settings.get("group_size") else ""
-    return (f"made by qtests quantize: recipe {settings.get('recipe')}, {settings.get('scheme')}{group} as "
-            f"{settings.get('export_format')}, iters {settings.get('iters')}, {calib}, "
-            f"auto-round {versions.get('auto-round')}, from {provenance.get('model')}")
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("auto-round", "transformers", "torch"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
 # -- the build ------------------------------------------------------------------------------------
 
 
@@ -312,7 +224,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
         raise QtestsError(f"cannot load the tokenizer of {model}: {str(error).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         calib = prepare_calibration(calibration, tokenizer, settings, Path(scratch))
-        provenance = plan_provenance(model, settings, calib)
+        provenance = plan_provenance(model, settings, recipe, calib)
         torch.manual_seed(settings.seed)
         loaded = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
         source_dtype = loaded.dtype

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .quantize import FORMATS, PROVENANCE_FILE, RECIPES, SCHEMES, QuantizeSettings, check_request, quantize
+from .provenance import PROVENANCE_FILE
+from .quantize import FORMATS, RECIPES, SCHEMES, QuantizeSettings, check_request, quantize
 
 
 def add_quantize_options(parser: argparse.ArgumentParser) -> None:

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .quantize import (
-    RECIPES, SCHEMES, QuantizeSettings, check_request, plan_provenance, prepare_calibration,
-    quantize, read_provenance, same_build,
-)
+from .provenance import plan_provenance, read_provenance, same_build
+from .quantize import RECIPES, SCHEMES, QuantizeSettings, check_request, prepare_calibration, quantize
 from .records import QtestsError, VariantSpec
 
 REFERENCE_LABEL = "reference"
@@ -106,7 +104,7 @@ def _already_built(model: str, point: SweepPoint, settings: QuantizeSettings, ca
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = AutoTokenizer.from_pretrained(model) if calibration else None
         calib = prepare_calibration(calibration, tokenizer, settings, Path(scratch))
-        return same_build(existing, plan_provenance(model, settings, calib))
+        return same_build(existing, plan_provenance(model, settings, RECIPES[settings.recipe], calib))
 
 
 def gate_options(model: str, points: Sequence[SweepPoint], options: Mapping[str, Any]) -> dict[str, Any]:
