@@ -6,9 +6,9 @@ recipe is therefore a set of the audit's module classes kept 16-bit, stated with
 policies (:data:`pytest_qtests.policy.NAMED_POLICIES`), so the module knowledge lives in one place
 and the finished checkpoint is checked against the recipe by the same audit users run.
 
-auto-round quantizes block by block (one decoder layer's calibration inputs at a time) and, with its
-default ``low_cpu_mem_usage``, offloads finished blocks, so models larger than memory work as far as
-auto-round allows. The checkpoint is exported into a staging directory beside ``out`` and renamed
+The model is loaded once into CPU memory; auto-round then quantizes block by block (one decoder
+layer's calibration inputs at a time, on the GPU when there is one) and, with its default
+``low_cpu_mem_usage``, offloads finished blocks, so the model must fit in CPU RAM but not on the GPU. The checkpoint is exported into a staging directory beside ``out`` and renamed
 into place only once it is complete, with ``qtests_provenance.json`` beside its weights.
 """
 
