@@ -76,6 +76,8 @@ def test_small_sweep_builds_gates_and_reuses(tmp_path, monkeypatch, capsys):
     assert by_label["w2a16-recommended"]["footprint_bytes"] > by_label["w2a16-default"]["footprint_bytes"]
     assert "w2a16-recommended" in first.out and (tmp_path / "sweep" / "sweep.md").is_file()
     assert (tmp_path / "sweep" / "report" / "results.json").is_file()
+    summary = (tmp_path / "sweep" / "report" / "summary.md").read_text()
+    assert "w2a16-recommended: made by qtests quantize: recipe recommended, W2A16 g32" in summary
 
     assert main(argv) == code  # same inputs: both checkpoints reused, generations from the cache
     second = capsys.readouterr()

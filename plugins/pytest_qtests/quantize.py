@@ -8,8 +8,9 @@ and the finished checkpoint is checked against the recipe by the same audit user
 
 The model is loaded once into CPU memory; auto-round then quantizes block by block (one decoder
 layer's calibration inputs at a time, on the GPU when there is one) and, with its default
-``low_cpu_mem_usage``, offloads finished blocks, so the model must fit in CPU RAM but not on the GPU. The checkpoint is exported into a staging directory beside ``out`` and renamed
-into place only once it is complete, with ``qtests_provenance.json`` beside its weights.
+``low_cpu_mem_usage``, offloads finished blocks, so the model must fit in CPU RAM but not on the GPU.
+The checkpoint is exported into a staging directory beside ``out`` and renamed into place only once
+it is complete, with ``qtests_provenance.json`` beside its weights.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def supported_schemes(export_format: str) -> frozenset[str]:
 # -- calibration ------------------------------------------------------------------------------------
 
 
-def prepare_calibration(spec: str | None, tokenizer: Any, settings: QuantizeSettings, scratch: Path) -> Calibration | None:
+def prepare_calibration(spec: str | None, tokenizer: Any, settings: QuantizeSettings,
+                        scratch: Path) -> Calibration | None:
     """A JSONL file auto-round can read, from a JSONL path or from a task's items; None: auto-round's default.
 
     A file, never an in-memory list: auto-round pads lists with a long mask that crashes hybrid

@@ -68,7 +68,8 @@ def sweep_points(schemes: Sequence[str], recipes: Sequence[str], directory: Path
         raise QtestsError(f"unknown scheme or recipe {unknown[0]!r}; schemes: {', '.join(SCHEMES)}; "
                           f"recipes: {', '.join(RECIPES)}")
     if not schemes or not recipes:
-        raise QtestsError("--schemes and --recipes each need at least one value, e.g. --schemes W4A16 --recipes default")
+        raise QtestsError("--schemes and --recipes each need at least one value, "
+                          "e.g. --schemes W4A16 --recipes default")
     points = [SweepPoint(s, r, directory / "variants" / f"{s.lower()}-{r}") for s in schemes for r in recipes]
     return list({p.label: p for p in points}.values())
 

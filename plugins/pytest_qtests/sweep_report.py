@@ -26,7 +26,8 @@ def sorted_rows(rows: Sequence[SweepRow]) -> list[SweepRow]:
 def cells(row: SweepRow) -> tuple[str, ...]:
     verdict = row.verdict
     if row.failed and row.verdict == "FAIL":
-        verdict += " (" + ", ".join(row.failed[:MAX_FAILED_SHOWN]) + ("…" if len(row.failed) > MAX_FAILED_SHOWN else "") + ")"
+        more = "…" if len(row.failed) > MAX_FAILED_SHOWN else ""
+        verdict += " (" + ", ".join(row.failed[:MAX_FAILED_SHOWN]) + more + ")"
     elif row.verdict == "ERROR":
         verdict += f": {row.failed[0]}" if row.failed else ""
     if row.smallest_passing:
