@@ -213,6 +213,8 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
     """
     recipe = check_request(settings)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QtestsError(f"{out} is a file; -o takes the checkpoint directory to write")
     if out.exists() and not overwrite and any(out.iterdir()):
         raise QtestsError(f"{out} exists and is not empty; choose another -o or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +230,10 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
         calib = prepare_calibration(calibration, tokenizer, settings, Path(scratch))
         provenance = plan_provenance(model, settings, recipe, calib)
         torch.manual_seed(settings.seed)
-        loaded = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+        try:
+            loaded = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+        except (OSError, ValueError) as error:
+            raise QtestsError(f"transformers cannot load {model}: {str(error).splitlines()[0]}") from None
         source_dtype = loaded.dtype
         kept = kept_module_names(loaded, recipe)
         options: dict[str, Any] = {"iters": settings.iters, "nsamples": settings.nsamples, "seqlen": settings.seqlen,
@@ -239,9 +244,14 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
             options["dataset"] = str(calib.path)
         if not torch.cuda.is_available():
             options["device_map"] = "cpu"
-        rounder = AutoRound(loaded, tokenizer, scheme=settings.scheme, **options)
         staging = Path(scratch) / "export"
-        rounder.quantize_and_save(str(staging), format=settings.export_format)
+        try:
+            rounder = AutoRound(loaded, tokenizer, scheme=settings.scheme, **options)
+            rounder.quantize_and_save(str(staging), format=settings.export_format)
+        except (ValueError, NotImplementedError) as error:  # auto-round's way of refusing a configuration
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise QtestsError(f"auto-round refused {settings.scheme} as {settings.export_format} for {model}: "
+                              f"{first}") from None
         # auto-round writes into a sub-folder named after the model and scheme
         (exported,) = {path.parent for path in staging.rglob("config.json")}
         if source_dtype == torch.bfloat16:
