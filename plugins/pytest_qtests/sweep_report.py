@@ -45,7 +45,7 @@ def markdown_table(rows: Sequence[SweepRow], title: str = "") -> str:
         for row in sorted_rows(r for r in rows if r.task == task):
             values = [c.replace("|", "\\|") for c in cells(row)]
             if row.smallest_passing:
-                values = [f"**{v}**" if v else v for v in values]
+                values = [f"**{v}**" if v and v != "*" else v for v in values]  # a bold lone * reads as markup
             lines.append("| " + " | ".join(values) + " |")
         lines.append("")
     lines.append("Δ are variant minus reference in percentage points; length is the ratio of median output tokens; "
