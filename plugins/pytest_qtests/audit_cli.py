@@ -13,6 +13,7 @@ import sys
 
 from .audit import AuditReport, audit
 from .policy import FootprintClaim, PolicyResult, evaluate_policy, footprint_claim, parse_policy
+from .provenance import describe_provenance, read_provenance
 
 COLUMNS = ("class", "modules", "format", "bits", "group", "params", "bytes", "bits/param")
 MAX_LISTED = 10
@@ -37,13 +38,17 @@ def run(args: argparse.Namespace) -> int:
     report = audit(args.checkpoint, revision=args.revision)
     results = [evaluate_policy(report, rule) for rule in rules]
     claim = footprint_claim(report, args.min_saving)
+    provenance = read_provenance(args.checkpoint)
     if args.json:
         data = report.to_dict(with_modules=args.modules)
+        data["provenance"] = provenance
         data["policies"] = [vars(r) | {"offending_modules": list(r.offending_modules)} for r in results]
         data["footprint_claim"] = vars(claim)
         print(json.dumps(data, indent=2))
     else:
         print(format_report(report, results, claim, with_modules=args.modules), end="")
+        if provenance is not None:
+            print(describe_provenance(provenance))
     return 0 if all(r.passed for r in results) else 1
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 from .records import QtestsError
 
 # Modules providing a ``register(subparsers)`` function, each adding one subcommand.
-SUBCOMMAND_MODULES: tuple[str, ...] = (".baseline_cli", ".plan", ".audit_cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (".baseline_cli", ".plan", ".audit_cli", ".quantize_cli", ".sweep_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from .forensics import Forensics, build_forensics
 from .gate import CheckResult, apply_holm, run_checks
 from .parity import ParityReport
 from .policy import evaluate_policy
+from .provenance import describe_provenance, read_provenance
 from .records import ItemOutcome, QtestsError, VariantSpec
 from .runner import Evaluator, TaskRun
 from .tasks.registry import task_spec_name
@@ -216,6 +217,7 @@ class GateSession:
                 "canary": None if run.canary is None else run.canary.passed,
                 "role": "reference" if self.is_reference(variant) else "variant",
                 "wall_s": run.wall_s,
+                "provenance": _provenance_line(variant),
             }
             if run.complete:
                 results = {**self._checks.get(variant.label, {}).get(task, {}), **self._absolute.get((label, task), {})}
@@ -231,6 +233,15 @@ class GateSession:
 
     def close(self) -> None:
         self.evaluator.close()
+
+
+def _provenance_line(variant: VariantSpec) -> str | None:
+    """How ``qtests quantize`` made a local variant (its ``qtests_provenance.json``), for the reports."""
+    try:
+        provenance = read_provenance(variant.source)
+    except QtestsError:
+        return None
+    return None if provenance is None else describe_provenance(provenance)
 
 
 def _mean(values) -> float | None:

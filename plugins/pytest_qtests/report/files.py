@@ -240,6 +240,10 @@ def markdown_summary(entries: Sequence[RunEvidence]) -> str:
     truncation = forensics_lines(entries)
     if truncation:
         lines += ["", "### Truncation forensics", ""] + [f"- {_markdown_cell(line)}" for line in truncation]
+    made = dict.fromkeys(f"{entry.variant}: {entry.row['provenance']}"
+                         for entry in entries if entry.row.get("provenance"))
+    if made:
+        lines += ["", "### How the variants were made", ""] + [f"- {_markdown_cell(line)}" for line in made]
     flips = [(entry, find_flips(entry)) for entry in entries if entry.reference_outcomes is not None]
     if flips:
         lines += ["", "### Items that flipped (details in flips.jsonl)", ""]
