@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
 python=${PYTHON:-python3}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}"
 summary="$out/summary.txt"
@@ -41,8 +41,19 @@ run_suite 1gpu
 sed -n '/qtests verdicts/,/short test summary/p' "$out/log-1gpu.txt" | tee -a "$summary"
 
 if [ "$gpus" -ge 2 ]; then
-    run_suite xdist2 -n 2 --gpus-per-worker 1
+    # tests/generation_log.py logs every real generate call with its worker: how often each variant
+    # (the reference included) was generated, and where.
+    export QT_TEST_LOG="$out/generation-log-xdist2.jsonl"
+    PYTHONPATH="$PWD/tests:$PYTHONPATH" run_suite xdist2 -n 2 --gpus-per-worker 1 -p generation_log
     sed -n '/qtests verdicts/,/short test summary/p' "$out/log-xdist2.txt" | tee -a "$summary"
-    # Which GPU served each variant, and how often each variant (the reference included) was generated.
     $python benchmarks/gpu_records.py "$out/cache-xdist2" | tee -a "$summary"
+    $python - "$QT_TEST_LOG" <<'EOF' | tee -a "$summary"
+import collections, json, sys
+counts = collections.Counter()
+for entry in map(json.loads, open(sys.argv[1])):
+    if "generate" in entry:
+        counts[(entry["generate"], entry["worker"])] += entry["n"]
+for (label, worker), n in sorted(counts.items()):
+    print(f"generated: {label} on {worker}: {n} requests")
+EOF
 fi

@@ -1,14 +1,15 @@
 """pytest-xdist end to end on the zoo: workers evaluate, the controller alone reports.
 
-Runs ``pytest -n 2`` in a subprocess with real transformers generation. A small plugin loaded into
-every process logs each engine creation, each real ``generate`` call and each worker's ``CUDA_VISIBLE_DEVICES`` (it observes,
-the generation is real), so the test can tell how often the reference was generated and which GPU
-slice each worker was pinned to.
+Runs ``pytest -n 2`` in a subprocess with real transformers generation. The plugin
+``tests/generation_log.py``, loaded into every process, logs each engine creation, each real
+``generate`` call and each worker's ``CUDA_VISIBLE_DEVICES`` (it observes, the generation is real), so
+the test can tell how often the reference was generated and which GPU slice each worker was pinned to.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,48 +24,13 @@ LIMIT = 6
 SMALL = ["--tasks", "zoo", "--limit", str(LIMIT), "--canary", "0", "--max-tokens", "96", "-p", "no:cacheprovider",
          "-p", "generation_log"]
 
-SPY = '''
-import json, os
-from pytest_qtests.backends import transformers_backend
-
-_generate = transformers_backend.TransformersBackend.generate
-
-
-def _log(entry):
-    with open(os.environ["QT_TEST_LOG"], "a") as handle:
-        handle.write(json.dumps(entry) + "\\n")
-
-
-def generate(self, requests, progress=None):
-    _log({"generate": self.spec.label, "n": len(requests), "pid": os.getpid()})
-    return _generate(self, requests, progress)
-
-
-transformers_backend.TransformersBackend.generate = generate
-_init = transformers_backend.TransformersBackend.__init__
-
-
-def init(self, spec, *args, **kwargs):
-    _log({"engine": spec.label, "pid": os.getpid()})
-    _init(self, spec, *args, **kwargs)
-
-
-transformers_backend.TransformersBackend.__init__ = init
-
-
-def pytest_sessionstart(session):
-    worker = getattr(session.config, "workerinput", {}).get("workerid", "controller")
-    _log({"worker": worker, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
-'''
-
 
 @pytest.fixture
 def run_xdist(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
-    pytester.makepyfile(generation_log=SPY)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers on a few shared cores: no OpenMP oversubscription
     monkeypatch.setenv("QT_TEST_LOG", str(pytester.path / "log.jsonl"))
-    monkeypatch.setenv("PYTHONPATH", f"{pytester.path}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}")
 
     def run(*args: str) -> pytest.RunResult:
         return pytester.runpytest_subprocess("--pyargs", "qtests", *SMALL, *args, timeout=600)
