@@ -18,6 +18,7 @@ from jsonschema.exceptions import best_match
 
 from .expectations import Expectations, build_expectations
 from .extension import extended_cap
+from .fingerprint import mismatch_field_names
 from .gate import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
 from .parity import parse_parity
 from .records import QtestsError, SamplingParams, VariantSpec
@@ -130,15 +131,35 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
     max_tokens = _first(options.get("qt_max_tokens"), suite.get("max_tokens"), DEFAULT_MAX_TOKENS)
     limit = _first(options.get("qt_limit"), suite.get("limit"))
     repeats = _first(options.get("qt_repeats"), suite.get("repeats"), 1)
-    for name, value in (("--max-tokens", max_tokens), ("--limit", limit), ("--repeats", repeats)):
+    batch_size = _first(options.get("qt_batch_size"), suite.get("batch_size"), 64)
+    for name, value in (("--max-tokens", max_tokens), ("--limit", limit), ("--repeats", repeats),
+                        ("--batch-size", batch_size)):
         if value is not None and value < 1:
-            raise QtestsError(f"{name} must be a positive integer, got {value}")
+            raise QtestsError(f"{name} must be a positive integer, got {value}: pass {name} N with N >= 1")
     seed = _first(options.get("qt_seed"), suite.get("seed"), 0)
     preset = _first(options.get("qt_sampling"), suite.get("sampling"), "qwen-thinking")
     sampling = sampling_preset(preset, max_tokens=max_tokens, seed=seed)
     temperature = _first(options.get("qt_temperature"), suite.get("temperature"))
     if temperature is not None:
         sampling = SamplingParams(temperature, sampling.top_p, sampling.top_k, sampling.min_p, max_tokens, seed)
+
+    canary = _first(options.get("qt_canary"), suite.get("canary"), DEFAULT_CANARY)
+    if canary < 0:
+        raise QtestsError(f"--canary must be 0 (off) or a positive number of items, got {canary}")
+    if temperature is not None and temperature < 0:
+        raise QtestsError(f"--temperature must be 0 (greedy) or more, got {temperature:g}")
+    alpha = _first(options.get("qt_alpha"), suite.get("alpha"), 0.05)
+    if not 0 < alpha < 0.5:
+        raise QtestsError(f"--alpha must lie between 0 and 0.5 (a false-alarm rate such as 0.05), got {alpha:g}")
+    untrusted = sorted(trusted - {v.label for v in ([reference] if reference else []) + models})
+    if untrusted:
+        raise QtestsError(f"--trust-remote-code names no model of this run: {', '.join(untrusted)}; "
+                          "pass the LABEL of a --model or --reference")
+    allow_mismatch = [n.strip() for a in options.get("qt_allow_mismatch") or [] for n in a.split(",") if n.strip()]
+    unknown_fields = sorted(set(allow_mismatch) - set(mismatch_field_names()))
+    if unknown_fields:
+        raise QtestsError(f"unknown --allow-mismatch field {', '.join(unknown_fields)}: "
+                          f"choose from {', '.join(mismatch_field_names())}")
 
     tolerances = parse_fail_on(DEFAULT_FAIL_ON)
     if suite.get("fail_on"):
@@ -180,17 +201,17 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         thinking=(_first(options.get("qt_thinking"), suite.get("thinking"), "on") == "on"),
         tolerances=tolerances,
         gate_mode=parse_gate_mode(_first(options.get("qt_gate_mode"), suite.get("gate_mode"), "evidence-of-harm")),
-        alpha=_first(options.get("qt_alpha"), suite.get("alpha"), 0.05),
+        alpha=alpha,
         policies=options.get("qt_policies") or suite.get("policies", []),
-        canary=_first(options.get("qt_canary"), suite.get("canary"), DEFAULT_CANARY),
+        canary=canary,
         parity=parse_parity(_first(options.get("qt_parity"), suite.get("parity"))),
         baseline=options.get("qt_baseline") or suite.get("baseline"),
         baseline_dir=Path(baseline_dir),
         save_baseline=bool(options.get("qt_save_baseline")),
-        allow_mismatch=[n.strip() for a in options.get("qt_allow_mismatch") or [] for n in a.split(",") if n.strip()],
+        allow_mismatch=allow_mismatch,
         cache_dir=cache_dir,
         report_dir=Path(options["qt_report"]) if options.get("qt_report") else None,
-        batch_size=_first(options.get("qt_batch_size"), suite.get("batch_size"), 64),
+        batch_size=batch_size,
         expectations=expectations,
         extend_truncated=extend_truncated,
     )

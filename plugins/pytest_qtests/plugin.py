@@ -9,12 +9,13 @@ fixture, so ``-k``/``--lf`` runs generate only what the selected tests need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from . import distributed
 from .config import DEFAULT_FAIL_ON, RunConfig, build_config
+from .preflight import check_before_run
 from .records import QtestsError, VariantSpec
 from .session import CHECKS, GateSession, Verdict
 
@@ -107,7 +108,13 @@ def gate_session(config: pytest.Config) -> GateSession:
     """The session's gate, built on first use (after every conftest had its say about defaults)."""
     if _SESSION_KEY not in config.stash:
         run_config: RunConfig = build_config(_options(config))
-        config.stash[_SESSION_KEY] = GateSession(run_config)
+        session = GateSession(run_config)
+        try:
+            check_before_run(session)
+        except QtestsError:
+            session.close()
+            raise
+        config.stash[_SESSION_KEY] = session
     return config.stash[_SESSION_KEY]
 
 
@@ -211,7 +218,19 @@ def qt_run(qt_case: Case, qt_session: GateSession):
     try:
         return qt_session.run(qt_case.variant, qt_case.task)
     except QtestsError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    _fail(failure)
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the test with the one-line message only: raised outside any ``except`` block (and with the
+    context cleared), so pytest does not print the QtestsError again under "During handling of ..."."""
+    try:
+        pytest.fail(message, pytrace=False)
+    except pytest.fail.Exception as failure:
+        failure.__context__ = None
+        failure.__suppress_context__ = True
+        raise
 
 
 def enforce(verdict: Verdict, record_property: Any) -> None:
@@ -230,7 +249,7 @@ def check_case(session: GateSession, case: Case, check: str, record_property: An
     try:
         verdict = session.verdict(case.variant, case.task, check)
     except QtestsError as error:
-        pytest.fail(str(error), pytrace=False)
+        _fail(str(error))
     enforce(verdict, record_property)
 
 
@@ -246,7 +265,7 @@ def check_policy(session: GateSession, case: PolicyCase, record_property: Any) -
     try:
         verdict = session.policy_verdict(case.variant, case.policy)
     except QtestsError as error:
-        pytest.fail(str(error), pytrace=False)
+        _fail(str(error))
     enforce(verdict, record_property)
 
 

@@ -76,8 +76,9 @@ class GateSession:
             found: ReferenceOutcomes | str = ReferenceOutcomes(
                 self.run(self.config.reference, task).outcomes, f"reference {self.config.reference.label}")
         elif self.config.baseline:
-            path = resolve_baseline(self.config.baseline, self.config.baseline_dir, task)
-            baseline = load_baseline(str(path), self.config.baseline_dir, task)
+            task_name = self.evaluator.task_data(task).task.name  # a spec may be NAME=FILE
+            path = resolve_baseline(self.config.baseline, self.config.baseline_dir, task_name)
+            baseline = load_baseline(str(path), self.config.baseline_dir, task_name)
             run = self.run(variant, task)
             check_compatible(baseline.fingerprint, run.fingerprint, self.config.allow_mismatch, baseline.name)
             found = ReferenceOutcomes(baseline.items, f"baseline {path}")
