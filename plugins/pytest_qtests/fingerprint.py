@@ -174,6 +174,15 @@ def model_identity(spec: VariantSpec) -> dict[str, Any]:
     return {**identity, "hash": content_hash(identity)}
 
 
+def replay_identity(path: str | Path) -> dict[str, Any]:
+    """A replayed run's "model" is the file of outputs: its content hash, so an edited file is another run."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as error:
+        raise QtestsError(f"replay file {path} cannot be read ({error.strerror}); check the path given to --replay") from None
+    return {"kind": "replay", "path": str(Path(path).resolve()), "hash": digest}
+
+
 @dataclass
 class FieldDiff:
     """One differing fingerprint field, with both values; ``str()`` gives ``name a != b``."""

@@ -274,6 +274,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _SESSION_KEY not in config.stash:
         return
     gate = config.stash[_SESSION_KEY]
+    notes: list[str] = []
     try:
         run_id = distributed.published_run_id(config)
         if run_id is not None:  # an xdist worker: its runs go to the controller, which reports them
@@ -285,15 +286,30 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             from .run_store import adopt_published_runs
 
             adopt_published_runs(gate, config.stash[_CONTROLLER_KEY].run_id)
-        if gate.config.save_baseline:
-            written = gate.save_baselines()
-            config.stash[_NOTES_KEY] = "\n".join(f"baseline written: {path}" for path in written)
+        if gate.config.save_baseline and exitstatus == pytest.ExitCode.INTERRUPTED:
+            notes.append("qtests: baselines not saved: the run was interrupted; rerun to save them")
+        elif gate.config.save_baseline:
+            notes += [f"baseline written: {path}" for path in gate.save_baselines()]
         if gate.config.report_dir is not None:
             from .report.files import write_reports
 
             write_reports(gate, gate.config.report_dir)
+    except (QtestsError, OSError) as error:
+        # A baseline or report that cannot be written is the user's to fix (a bad directory, a symlink out
+        # of the store): one line and a non-zero exit, never an INTERNALERROR traceback.
+        notes.append(f"qtests: error: {_write_error(error)}")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
     finally:
         gate.close()
+        config.stash[_NOTES_KEY] = "\n".join(notes)
+
+
+def _write_error(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return f"cannot write{where} ({error.strerror}): pass a writable --qt-report / --baseline-dir"
+    return str(error)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -23,7 +23,7 @@ from .config import RunConfig
 from .degeneracy import DetectorThresholds, assess, calibrate
 from .divergence import pool
 from .extension import Extension, extend_run
-from .fingerprint import Fingerprint, model_identity
+from .fingerprint import Fingerprint, model_identity, replay_identity
 from .records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, TaskItem, VariantSpec
 from .scoring import TokenScores, compare_scores
 from .tasks.graders import grade_output
@@ -107,7 +107,7 @@ class Evaluator:
         """The model's content identity (hashes config, tokenizer and safetensors headers): once per variant."""
         if variant.label not in self._identities:
             if self.config.backend == "replay":
-                self._identities[variant.label] = {"replay": self.config.replay.get(variant.label), "hash": "replay"}
+                self._identities[variant.label] = replay_identity(self.config.replay[variant.label])
             else:
                 self._identities[variant.label] = model_identity(variant)
         return self._identities[variant.label]

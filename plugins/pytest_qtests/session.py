@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditReport, audit
-from .baselines import Baseline, load_baseline, resolve_baseline, save_baseline
+from .baselines import Baseline, baseline_path, load_baseline, resolve_baseline, save_baseline
 from .config import RunConfig
 from .expectations import Expectation, expectation_checks
 from .fingerprint import check_compatible
@@ -195,12 +195,12 @@ class GateSession:
     # -- baselines and summary ------------------------------------------------------------------------
     def save_baselines(self) -> list[str]:
         """Write a baseline for every complete run of this session; returns the paths written."""
-        written = []
-        for (label, task), run in self.evaluator.completed_runs().items():
-            if run.complete and not any(o.error for o in run.outcomes):
-                baseline = Baseline.from_outcomes(label, run.fingerprint.task, run.fingerprint, run.outcomes)
-                written.append(str(save_baseline(baseline, self.config.baseline_dir)))
-        return written
+        baselines = [Baseline.from_outcomes(label, run.fingerprint.task, run.fingerprint, run.outcomes)
+                     for (label, _), run in self.evaluator.completed_runs().items()
+                     if run.complete and not any(o.error for o in run.outcomes)]
+        for baseline in baselines:  # every path is checked before the first write: all are saved, or none
+            baseline_path(self.config.baseline_dir, baseline.name, baseline.task)
+        return [str(save_baseline(baseline, self.config.baseline_dir)) for baseline in baselines]
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One row per evaluated (variant, task) for the terminal table and reports."""
