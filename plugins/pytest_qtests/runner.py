@@ -210,6 +210,7 @@ class Evaluator:
         # while the reference's engine is still loaded: its scores of its own canary texts
         reference_scores = ("not a canary" if is_reference or not self.config.canary
                             else self.reference_canary_scores(task_spec))
+        self.identity(variant)  # static checks of the checkpoint (config.json, safetensors headers) before any engine load
         requests = self.requests(variant, task_spec)
         fingerprint = self.fingerprint(variant, task_spec)
         canary = None

@@ -33,6 +33,11 @@ def parse_variant(text: str, base_dir: Path | None = None, trust_remote_code: bo
     if base_dir is not None and not local.is_absolute() and (base_dir / local).exists():
         local = base_dir / local
     if local.exists():
+        if revision is not None:
+            raise QtestsError(
+                f"model spec {text!r} asks for revision {revision!r} of the local directory {local}, which has "
+                "no revisions (it would be ignored): drop '@" + revision + "' or pass the hub id ORG/NAME@REVISION"
+            )
         source = str(local.resolve())
     elif not _HUB_ID.match(source):
         raise QtestsError(

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import time
 from itertools import groupby
 from typing import Any, Sequence
 
-from ..records import GenerationRecord, GenerationRequest, SamplingParams, VariantSpec
+from ..records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
 from ..scoring import TOP_K, TokenScores, scores_from_logits
 from .base import EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
+from .load_hints import explain_load_failure
 
 
 def device_info() -> dict[str, Any]:
@@ -51,7 +53,7 @@ class TransformersBackend:
         if self._model is not None:
             return
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
@@ -65,13 +67,19 @@ class TransformersBackend:
             tokenizer = AutoTokenizer.from_pretrained(
                 self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
                 padding_side="left")
+            config = AutoConfig.from_pretrained(
+                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code)
+            _check_quantization_method(config, self.spec)
             model = AutoModelForCausalLM.from_pretrained(
                 self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
                 dtype=dtype)
             model.to(device).eval()
+        except EngineLoadError:
+            raise
         except Exception as error:  # any engine failure becomes one line for this variant
             raise EngineLoadError(
-                f"transformers could not load {self.spec.label} ({self.spec.source}): {last_error_line(error)}"
+                f"transformers could not load {self.spec.label} ({self.spec.source}): "
+                f"{explain_load_failure(error, self.spec)}"
             ) from error
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -128,11 +136,15 @@ class TransformersBackend:
         sampling = batch[0].sampling
         ids = [prompt_token_ids(tokenizer, r) for r in batch]
         encoded = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self._device)
+        _check_context(self.spec, model.config, encoded["input_ids"].shape[1], sampling.max_tokens)
         torch.manual_seed(batch[0].seed)
         started = time.perf_counter()
-        with torch.no_grad():
-            output = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, max_new_tokens=sampling.max_tokens,
-                                    **_generate_kwargs(sampling))
+        try:
+            with torch.no_grad():
+                output = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id,
+                                        max_new_tokens=sampling.max_tokens, **_generate_kwargs(sampling))
+        except RuntimeError as error:  # the engine died mid-run: finished chunks are cached, a rerun resumes
+            raise QtestsError(_generation_failure(self.spec, error)) from None
         latency = (time.perf_counter() - started) / len(batch)
         new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
         stop_ids = _stop_ids(model, tokenizer)
@@ -157,6 +169,54 @@ class TransformersBackend:
                 logits = self._model(torch.tensor([ids], device=self._device)).logits[0]
             scored.append(scores_from_logits(ids, logits.cpu(), top_k))
         return scored
+
+
+def _check_quantization_method(config: Any, spec: VariantSpec) -> None:
+    """transformers loads a checkpoint whose quantization method it does not know *unquantized*, with only
+    a log warning: the gate would then pass or fail a model nobody deploys. Refuse it instead."""
+    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
+
+    quant = getattr(config, "quantization_config", None)
+    if not isinstance(quant, dict) or quant.get("load_in_4bit") or quant.get("load_in_8bit"):
+        return
+    method = quant.get("quant_method")
+    if method not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        raise EngineLoadError(
+            f"transformers could not load {spec.label} ({spec.source}): unknown quantization method {method!r} "
+            "in its config.json (transformers would silently load it unquantized); install the package that "
+            "provides it, or use an engine that knows it (--backend vllm)"
+        )
+
+
+def context_length(config: Any) -> int | None:
+    """The longest sequence the model was built for: ``max_position_embeddings``, or the scaled length
+    when rope scaling (YaRN) extends it."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    positions = getattr(text_config, "max_position_embeddings", None)
+    scaling = getattr(text_config, "rope_scaling", None) or {}
+    original, factor = scaling.get("original_max_position_embeddings"), scaling.get("factor")
+    if isinstance(original, int) and isinstance(factor, (int, float)):
+        positions = max(positions or 0, int(original * factor))
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def _check_context(spec: VariantSpec, config: Any, prompt_tokens: int, max_tokens: int) -> None:
+    """Positions past the context are silently garbage in most models: refuse before generating."""
+    context = context_length(config)
+    if context is not None and prompt_tokens + max_tokens > context:
+        raise QtestsError(
+            f"{spec.label}: a prompt of {prompt_tokens} tokens plus --max-tokens {max_tokens} exceeds the model's "
+            f"context of {context} tokens (max_position_embeddings); lower --max-tokens to at most "
+            f"{max(context - prompt_tokens, 1)}"
+        )
+
+
+def _generation_failure(spec: VariantSpec, error: RuntimeError) -> str:
+    line = last_error_line(error)
+    if re.search(r"\b(nan|inf)\b", line, re.IGNORECASE):
+        return (f"{spec.label} produced NaN or infinite logits while generating ({line}): its weights or scales "
+                "hold NaN/inf or overflow the dtype; check the export, or try --dtype float32")
+    return f"transformers failed while generating for {spec.label} ({line}); finished generations are cached, rerun to resume"
 
 
 def _is_compressed_tensors(source: str) -> bool:
