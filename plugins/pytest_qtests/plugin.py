@@ -108,12 +108,9 @@ def gate_session(config: pytest.Config) -> GateSession:
     """The session's gate, built on first use (after every conftest had its say about defaults)."""
     if _SESSION_KEY not in config.stash:
         run_config: RunConfig = build_config(_options(config))
+        preloaded_tasks = check_before_run(run_config)
         session = GateSession(run_config)
-        try:
-            check_before_run(session)
-        except QtestsError:
-            session.close()
-            raise
+        session.evaluator.preload_tasks(preloaded_tasks)
         config.stash[_SESSION_KEY] = session
     return config.stash[_SESSION_KEY]
 

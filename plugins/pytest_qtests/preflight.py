@@ -8,29 +8,28 @@ at run time, so one broken variant never stops the others from being evaluated.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .baselines import load_baseline
+from .config import RunConfig
 from .policy import parse_policy
 from .records import QtestsError
+from .tasks.loaders import TaskData, load_task
 from .tasks.registry import resolve_task_spec
 
-if TYPE_CHECKING:
-    from .session import GateSession
 
-
-def check_before_run(session: GateSession) -> None:
-    """Raise :class:`QtestsError` for the first input of the run that cannot work."""
-    config = session.config
+def check_before_run(config: RunConfig) -> dict[str, TaskData]:
+    """Raise :class:`QtestsError` for the first input of the run that cannot work; nothing is written
+    before these checks pass (not even the cache). Returns the local tasks it read, by task spec, for
+    the run to reuse."""
+    loaded: dict[str, TaskData] = {}
     for spec in config.tasks:
         task, source = resolve_task_spec(spec)
-        if source.path is not None:  # local data: read it now (cached for the run), errors name the file
-            session.evaluator.task_data(spec)
+        if source.path is not None:  # local data: read it now, so errors name the file before any engine starts
+            loaded[spec] = load_task(task, source, limit=config.limit, seed=config.sampling.seed)
         if config.baseline:
             load_baseline(config.baseline, config.baseline_dir, task.name)
     for rule in config.policies:
         parse_policy(rule)
-    labels = {variant.label for variant in session.variants}
+    labels = {variant.label for variant in config.models}
     if config.reference is not None:
         labels.add(config.reference.label)
     if config.backend == "openai" and not config.base_urls:
@@ -40,3 +39,4 @@ def check_before_run(session: GateSession) -> None:
         if strays:
             raise QtestsError(f"--replay names no model of this run: {', '.join(strays)}; "
                               f"use the LABEL of a --model or --reference ({', '.join(sorted(labels))})")
+    return loaded

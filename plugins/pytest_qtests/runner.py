@@ -73,6 +73,10 @@ class Evaluator:
             self._tasks[task_spec] = load_task(task, source, limit=self.config.limit, seed=self.config.sampling.seed)
         return self._tasks[task_spec]
 
+    def preload_tasks(self, tasks: dict[str, TaskData]) -> None:
+        """Adopt task data already read (by the preflight checks) so it is not read twice."""
+        self._tasks.update(tasks)
+
     def backend(self, variant: VariantSpec) -> Any:
         """The engine for ``variant``; the previous variant's engine is released first."""
         if self._backend_label != variant.label:
