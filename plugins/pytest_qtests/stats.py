@@ -25,9 +25,13 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.special import expit, logit, roots_jacobi
-from scipy.stats import beta as beta_distribution, binom, binomtest, norm
+from .lazy import LazyAttribute
+
+# scipy is imported on first use (see lazy.py): the plugin is imported by every pytest start.
+brentq = LazyAttribute("scipy.optimize", "brentq")
+expit, logit, roots_jacobi = (LazyAttribute("scipy.special", name) for name in ("expit", "logit", "roots_jacobi"))
+beta_distribution = LazyAttribute("scipy.stats", "beta")
+binom, binomtest, norm = (LazyAttribute("scipy.stats", name) for name in ("binom", "binomtest", "norm"))
 
 Alternative = Literal["less", "greater"]
 
