@@ -77,10 +77,10 @@ def read_suite_file(path: Path) -> dict[str, Any]:
         else:
             raise QtestsError(f"suite file {path} must end in .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, ValueError) as error:
-        raise QtestsError(f"suite file {path} is not valid {path.suffix[1:].upper()}: {error}") from None
+        raise QtestsError(f"suite file {path} is not valid {path.suffix[1:].upper()}: {error}; fix the syntax there") from None
     except Exception as error:  # yaml.YAMLError and friends
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise QtestsError(f"suite file {path} is not valid YAML: {first}") from None
+        raise QtestsError(f"suite file {path} is not valid YAML: {first}; fix the syntax there") from None
     schema = json.loads(resources.files(__package__).joinpath("schemas/suite.schema.json").read_text())
     problem = best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
     if problem is not None:
