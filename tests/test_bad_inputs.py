@@ -404,11 +404,12 @@ def _edit_config(directory: Path, **changes) -> None:
 
 
 def _with_remote_code(directory: Path) -> None:
-    """A checkpoint that exists only as custom code (an unknown architecture with an auto_map)."""
+    """A checkpoint that exists only as custom code (an unknown architecture with an auto_map) whose code,
+    if it ever runs, leaves a file beside the checkpoint (transformers runs a copy from its module cache)."""
     _edit_config(directory, model_type="catalogue_arch", auto_map={"AutoConfig": "remote_config.RemoteConfig"})
     (directory / "remote_config.py").write_text(
         "from pathlib import Path\n"
-        "Path(__file__).with_name('REMOTE_CODE_RAN').write_text('ran')\n"
+        f"Path({str(directory / 'REMOTE_CODE_RAN')!r}).write_text('ran')\n"
         "from transformers import PretrainedConfig\n"
         "class RemoteConfig(PretrainedConfig):\n    model_type = 'catalogue_arch'\n")
 
@@ -432,7 +433,8 @@ def engine_session(tmp_path_factory) -> tuple[Run, Path]:
                    "--model", f"untrusted={untrusted}", "--model", f"trusted={trusted}",
                    "--trust-remote-code", "trusted", "--model", "hub=catalogue-org/not-downloaded",
                    "--model", "rev=catalogue-org/not-downloaded@no-such-branch",
-                   "--model", f"good={ZOO / 'int4-keep-fragile'}", "--qt-report", "report", timeout=600)
+                   "--model", f"good={ZOO / 'int4-keep-fragile'}", "--qt-report", "report", timeout=600,
+                   HF_MODULES_CACHE=str(root / "hf-modules"))
     return run, root
 
 
