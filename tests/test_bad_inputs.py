@@ -498,8 +498,9 @@ def test_a_variant_that_fails_to_load_does_not_stop_the_others(engine_session):
 
 # -- faults: kill -9 and Ctrl-C during a real generation -------------------------------------------------
 
-FAULT_RUN = ["--tasks", "zoo", "--limit", "24", "--canary", "6", "--max-tokens", "64", "--batch-size", "6",
-             "--model", f"int4={ZOO / 'int4-keep-fragile'}", "--save-baseline"]
+FAULT_CANARY = 4  # generations committed before the full run starts: the signal lands after them
+FAULT_RUN = ["--tasks", "zoo", "--limit", "12", "--canary", str(FAULT_CANARY), "--max-tokens", "48",
+             "--batch-size", "4", "--model", f"int4={ZOO / 'int4-keep-fragile'}", "--save-baseline"]
 
 
 def cache_rows(directory: Path) -> int:
@@ -520,11 +521,11 @@ def interrupt_after_canary(directory: Path, signal_number: int) -> subprocess.Po
     process = subprocess.Popen(gate_command(*FAULT_RUN), cwd=directory, env=gate_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while cache_rows(directory) < 6 and process.poll() is None and time.monotonic() < deadline:
+    while cache_rows(directory) < FAULT_CANARY and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal_number)
     process.communicate(timeout=120)
-    assert cache_rows(directory) == 6, "the signal did not land during the full run"
+    assert cache_rows(directory) == FAULT_CANARY, "the signal did not land during the full run"
     return process
 
 
@@ -548,7 +549,7 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path, uninter
     assert not (tmp_path / "baselines").exists()
     rerun = run_gate(tmp_path, *FAULT_RUN)
     assert rerun.returncode == 0, rerun.stdout[-2000:]
-    assert cache_rows(tmp_path) == 24 and cache_integrity(tmp_path) == "ok"  # no duplicate or torn rows
+    assert cache_rows(tmp_path) == 12 and cache_integrity(tmp_path) == "ok"  # no duplicate or torn rows
     assert saved_items(tmp_path) == uninterrupted
 
 
