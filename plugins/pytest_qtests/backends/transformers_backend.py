@@ -53,7 +53,7 @@ class TransformersBackend:
         if self._model is not None:
             return
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
@@ -67,9 +67,7 @@ class TransformersBackend:
             tokenizer = AutoTokenizer.from_pretrained(
                 self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
                 padding_side="left")
-            config = AutoConfig.from_pretrained(
-                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code)
-            _check_quantization_method(config, self.spec)
+            _check_quantization_method(self.spec)
             model = AutoModelForCausalLM.from_pretrained(
                 self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
                 dtype=dtype)
@@ -171,12 +169,17 @@ class TransformersBackend:
         return scored
 
 
-def _check_quantization_method(config: Any, spec: VariantSpec) -> None:
+def _check_quantization_method(spec: VariantSpec) -> None:
     """transformers loads a checkpoint whose quantization method it does not know *unquantized*, with only
-    a log warning: the gate would then pass or fail a model nobody deploys. Refuse it instead."""
+    a log warning: the gate would then pass or fail a model nobody deploys. Refuse it instead (local
+    checkpoints: their config.json is read as plain JSON)."""
+    import json
+    from pathlib import Path
+
     from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING
 
-    quant = getattr(config, "quantization_config", None)
+    config_file = Path(spec.source) / "config.json"
+    quant = json.loads(config_file.read_text()).get("quantization_config") if config_file.is_file() else None
     if not isinstance(quant, dict) or quant.get("load_in_4bit") or quant.get("load_in_8bit"):
         return
     method = quant.get("quant_method")
