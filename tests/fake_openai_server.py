@@ -73,6 +73,7 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self._leave()  # before the client can read the answer and send its next request
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -96,11 +97,18 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 server.received.append({"headers": dict(self.headers), "body": body})
                 server.in_flight += 1
                 server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
+            self._counted = True
             try:
                 self._answer(body, server.next_step())
             except ConnectionError:
                 pass  # the client gave up on this request (cancelled or timed out)
             finally:
+                self._leave()
+
+        def _leave(self) -> None:
+            """This request stops counting as in flight (once), when its answer starts or it ends."""
+            if getattr(self, "_counted", False):
+                self._counted = False
                 with server._lock:
                     server.in_flight -= 1
 

@@ -48,3 +48,15 @@ def test_unloadable_checkpoint_is_one_engine_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(EngineLoadError, match=r"^transformers could not load bad \("):
         TransformersBackend(VariantSpec("bad", str(tmp_path))).engine_version()
+
+
+def test_a_model_loaded_after_an_auto_round_checkpoint_still_generates_correctly():
+    """auto-round re-registers transformers' MoE conversion mapping while loading its checkpoint; the
+    backend restores it, so the BF16 reference loaded afterwards in the same process is still itself."""
+    prompt_of = lambda engine: render_prompt(engine.tokenizer, "12345+678", thinking=True)  # noqa: E731
+    greedy = SamplingParams(temperature=0.0, max_tokens=96)
+    for name in ("int4-default", "tiny-qwen3next"):
+        engine = TransformersBackend(VariantSpec(name, str(ZOO / name)))
+        (record,) = engine.generate([GenerationRequest("a", 0, prompt_of(engine), greedy)])
+        engine.close()
+        assert record.text.endswith("Answer: 13023"), (name, record.text)

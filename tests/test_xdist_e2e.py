@@ -65,7 +65,7 @@ def test_two_workers_one_reference_generation_and_one_verdict_table(run_xdist, p
     engines = [entry["engine"] for entry in log if "engine" in entry]
     assert engines.count("int4-keep") == 1 and engines.count("int2") == 1  # one worker, one engine per variant
     assert 1 <= engines.count("bf16") <= 2  # at most once per worker
-    pinned = {entry["worker"]: entry["cuda_visible_devices"] for entry in log if "worker" in entry}
+    pinned = {entry["worker"]: entry["cuda_visible_devices"] for entry in log if "cuda_visible_devices" in entry}
     assert pinned == {"controller": "5,7", "gw0": "5", "gw1": "7"}
 
     results = json.loads((pytester.path / "report" / "results.json").read_text())

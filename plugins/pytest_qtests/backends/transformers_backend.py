@@ -12,8 +12,9 @@ import gc
 import os
 import re
 import time
+from contextlib import contextmanager
 from itertools import groupby
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
 from ..scoring import TOP_K, TokenScores, scores_from_logits
@@ -68,9 +69,10 @@ class TransformersBackend:
                 self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
                 padding_side="left")
             _check_quantization_method(self.spec)
-            model = AutoModelForCausalLM.from_pretrained(
-                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
-                dtype=dtype)
+            with _loader_state_restored():
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
+                    dtype=dtype)
             model.to(device).eval()
         except EngineLoadError:
             raise
@@ -167,6 +169,30 @@ class TransformersBackend:
                 logits = self._model(torch.tensor([ids], device=self._device)).logits[0]
             scored.append(scores_from_logits(ids, logits.cpu(), top_k))
         return scored
+
+
+@contextmanager
+def _loader_state_restored() -> Iterator[None]:
+    """Undo the global changes an engine integration makes to transformers while loading a checkpoint.
+
+    auto-round, loading its own MoE checkpoints, re-registers transformers' checkpoint conversion
+    mapping for the model type (``register_checkpoint_conversion_mapping(..., overwrite=True)``, dropping
+    the step that fuses per-expert weights) and never restores it: a BF16 model of the same type loaded
+    later in the same process then leaves its experts unfilled and generates gibberish (measured on the
+    zoo: the reference loaded after int4-default). The loaded model keeps what it was built with.
+    """
+    from copy import deepcopy
+
+    import transformers.conversion_mapping as conversion
+
+    cache = deepcopy(conversion._checkpoint_conversion_mapping_cache)
+    registered = set(conversion.USER_REGISTERED_MAPPINGS)
+    try:
+        yield
+    finally:
+        conversion._checkpoint_conversion_mapping_cache = cache
+        conversion.USER_REGISTERED_MAPPINGS.clear()
+        conversion.USER_REGISTERED_MAPPINGS.update(registered)
 
 
 def _check_quantization_method(spec: VariantSpec) -> None:
