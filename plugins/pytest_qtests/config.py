@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from .cache import DEFAULT_CACHE_DIR
 from .expectations import Expectations, build_expectations
 from .extension import extended_cap
 from .fingerprint import mismatch_field_names
@@ -55,7 +56,7 @@ class RunConfig:
     baseline_dir: Path = Path("baselines")
     save_baseline: bool = False
     allow_mismatch: list[str] = field(default_factory=list)
-    cache_dir: Path | None = Path(".qtests/cache")
+    cache_dir: Path | None = DEFAULT_CACHE_DIR
     report_dir: Path | None = None
     batch_size: int = 64
     expectations: Expectations = field(default_factory=Expectations)
@@ -168,7 +169,7 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         tolerances.update(parse_fail_on(options["qt_fail_on"]))
 
     baseline_dir = options.get("qt_baseline_dir") or (str(base / suite["baseline_dir"]) if "baseline_dir" in suite else "baselines")
-    cache_dir = None if options.get("qt_no_cache") else Path(options.get("qt_cache_dir") or ".qtests/cache")
+    cache_dir = None if options.get("qt_no_cache") else Path(options.get("qt_cache_dir") or DEFAULT_CACHE_DIR)
     engine_args = dict(suite.get("engine_args", {}))
     engine_args.update(parse_engine_args(options.get("qt_engine_args") or []))
     replay = {label: str(base / path) for label, path in suite.get("replay", {}).items()}
