@@ -328,3 +328,61 @@ def test_four_processes_writing_at_once(tmp_path):
     assert rows(db) == expected
     for (first, count), result in zip(ranges, results):
         assert result["records"] == [worker.expected_record(r).to_dict() for r in worker.make_requests(first, count)]
+
+
+# --- rendered prompts: a fully cached re-run loads no tokenizer ------------------------------------
+
+ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "zoo"
+
+
+class TokenizingBackend(worker.DeterministicBackend):
+    """Fake engine with the zoo reference's real tokenizer, loaded lazily as the vLLM backend loads its own."""
+
+    loads = 0
+
+    def __init__(self):
+        super().__init__()
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            TokenizingBackend.loads += 1
+            self._tokenizer = AutoTokenizer.from_pretrained(ZOO / "tiny-qwen3next")
+        return self._tokenizer
+
+    def device_info(self):
+        return {"device": "cpu"}
+
+
+def test_a_cached_rerun_renders_from_the_cache_and_loads_no_tokenizer(tmp_path, monkeypatch):
+    from pytest_qtests import runner
+    from pytest_qtests.config import RunConfig
+    from pytest_qtests.records import VariantSpec
+
+    monkeypatch.setattr(runner, "create_backend", lambda config, variant: TokenizingBackend())
+    monkeypatch.setattr(TokenizingBackend, "loads", 0)
+    reference = VariantSpec("bf16", str(ZOO / "tiny-qwen3next"))
+    task = f"zoo={ZOO / 'task' / 'test.jsonl'}"
+
+    def evaluate(thinking: bool):
+        config = RunConfig(reference=reference, models=[], tasks=[task], limit=5, canary=0, thinking=thinking,
+                           sampling=SamplingParams(max_tokens=32), cache_dir=tmp_path)
+        evaluator = runner.Evaluator(config)
+        try:
+            return evaluator.run(reference, task)
+        finally:
+            evaluator.close()
+
+    first = evaluate(thinking=True)
+    assert TokenizingBackend.loads == 1
+    again = evaluate(thinking=True)
+    assert TokenizingBackend.loads == 1  # prompts and the template hash came from the cache
+    assert again.records == first.records and again.fingerprint == first.fingerprint
+    assert again.record_keys == first.record_keys
+
+    off = evaluate(thinking=False)  # another rendering: the tokenizer is needed again
+    assert TokenizingBackend.loads == 2
+    assert off.record_keys != first.record_keys

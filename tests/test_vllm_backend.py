@@ -18,6 +18,7 @@ from pytest_qtests.backends.vllm_backend import (
     OutputTee,
     VLLMBackend,
     engine_error_line,
+    installed_vllm,
     typed_engine_value,
 )
 from pytest_qtests.divergence import pool
@@ -68,6 +69,16 @@ def test_engine_args_are_typed_like_vllm_expects():
     version = VLLMBackend(REFERENCE, {"max-model-len": "256", "enforce_eager": "true"}).engine_version()
     assert re.fullmatch(r"vllm \d+\.\d+\.\d+\S* \((cpu|cuda), bfloat16, enforce_eager=True, max_model_len=256\)",
                         version)
+
+
+def test_the_installed_vllm_is_named_without_importing_it_as_vllm_names_itself():
+    """The cache key's engine name comes from package metadata (a cached re-run imports no vLLM); it
+    must be exactly what vLLM says of itself, or records made before would no longer be found."""
+    import vllm
+    from vllm.platforms import current_platform
+
+    installed_vllm.cache_clear()
+    assert installed_vllm() == (vllm.__version__, current_platform.device_type)
 
 
 def test_all_requests_go_to_the_engine_in_one_call_and_come_back_in_order(backend, prompts, monkeypatch):

@@ -10,6 +10,10 @@ processes.
 A key is the sha256 of everything that determines a sample: the model identity hash, the engine and its
 version, the rendered prompt, every sampling parameter, the per-sample seed and the continuation. The
 item id is *not* part of the key (two items with the same prompt are the same generation).
+
+The same file keeps what the tokenizer rendered (chat prompts, the chat template's hash), keyed by the
+model identity, which hashes every tokenizer file: a fully cached re-run then loads no tokenizer, and
+so imports neither transformers nor torch (most of such a run's time).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ CREATE TABLE IF NOT EXISTS generations (
     key TEXT PRIMARY KEY,
     record TEXT NOT NULL,
     created_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS renderings (
+    key TEXT PRIMARY KEY,
+    text TEXT NOT NULL
 ) WITHOUT ROWID
 """
 
@@ -67,6 +75,12 @@ def request_keys(model_id_hash: str, engine_version: str, requests: Sequence[Gen
     return [request_key(model_id_hash, engine_version, request) for request in requests]
 
 
+def rendering_key(model_id_hash: str, renderer: str, what: Mapping[str, object]) -> str:
+    """Key of one text the tokenizer rendered: ``what`` says which (a prompt's message and thinking
+    switch, or the chat template); ``renderer`` names the backend and the transformers version."""
+    return content_hash({"key_format": KEY_FORMAT, "model": model_id_hash, "renderer": renderer, **what})
+
+
 class GenerationCache:
     """A SQLite-backed map from :func:`request_key` to :class:`GenerationRecord`."""
 
@@ -81,7 +95,7 @@ class GenerationCache:
             # NORMAL is safe in WAL mode against process crashes (kill -9); only power loss can drop
             # the last commits, which costs regeneration, never corruption.
             self._connection.execute("PRAGMA synchronous = NORMAL")
-            self._connection.execute(_SCHEMA)
+            self._connection.executescript(_SCHEMA)
         except sqlite3.DatabaseError as error:
             raise QtestsError(
                 f"generation cache {self.path} cannot be used ({error}): delete it, "
@@ -120,6 +134,32 @@ class GenerationCache:
                 f"generation cache {self.path} holds an unreadable record ({key[:12]}: {error}): "
                 "delete the cache file or run with --no-cache"
             ) from None
+
+    def get_renderings(self, keys: Sequence[str]) -> dict[str, str]:
+        """The rendered texts stored under ``keys`` (misses are absent)."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, str] = {}
+        for start in range(0, len(unique), _QUERY_CHUNK):
+            batch = unique[start : start + _QUERY_CHUNK]
+            placeholders = ",".join("?" * len(batch))
+            found.update(self._connection.execute(
+                f"SELECT key, text FROM renderings WHERE key IN ({placeholders})", batch).fetchall())
+        return found
+
+    def put_renderings(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Store rendered texts in one transaction; a key already present keeps its text."""
+        rows = list(pairs)
+        if not rows:
+            return
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._connection.executemany(
+                "INSERT INTO renderings (key, text) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", rows)
+            self._connection.execute("COMMIT")
+        except BaseException:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            raise
 
     def put_many(self, items: Mapping[str, GenerationRecord] | Iterable[tuple[str, GenerationRecord]]) -> int:
         """Store records in one transaction (all or nothing); returns how many were new.

@@ -8,6 +8,7 @@ variant's is created (one engine in memory per worker).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import math
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .backends import create_backend
-from .cache import GenerationCache, cached_generate, request_keys
+from .cache import GenerationCache, cached_generate, rendering_key, request_keys
 from .canary import CanaryDivergence, CanaryResult, judge_canary
 from .config import RunConfig
 from .degeneracy import DetectorThresholds, assess, calibrate
@@ -30,6 +31,17 @@ from .tasks.graders import grade_output
 from .tasks.loaders import TaskData, load_task
 from .tasks.prompts import prompt_opens_thinking, render_prompt
 from .tasks.registry import resolve_task_spec
+
+@functools.cache
+def _transformers_version() -> str:
+    """From the package metadata: importing transformers is what a rendering hit saves."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return "none"
+
 
 @dataclass
 class TaskRun:
@@ -98,14 +110,43 @@ class Evaluator:
     # -- requests ----------------------------------------------------------------------------------
     def requests(self, variant: VariantSpec, task_spec: str) -> list[GenerationRequest]:
         data = self.task_data(task_spec)
+        prompts = self.prompts(variant, [data.task.user_message(item) for item in data.items])
+        return [GenerationRequest(item.item_id, sample, prompt, self.config.sampling)
+                for item, prompt in zip(data.items, prompts) for sample in range(self.config.repeats)]
+
+    def prompts(self, variant: VariantSpec, messages: list[str]) -> list[str]:
+        """Each user message through the variant's chat template (as is when the backend has no tokenizer).
+
+        Renderings are kept in the generation cache, so a fully cached re-run loads no tokenizer: with
+        the vLLM backend that saves importing transformers and torch, most of such a run's time.
+        """
+        keys = [self._rendering_key(variant, {"message": message, "thinking": self.config.thinking})
+                for message in messages] if self._cache is not None else []
+        found = self._cache.get_renderings(keys) if keys else {}
+        if keys and all(key in found for key in keys):
+            return [found[key] for key in keys]
         tokenizer = getattr(self.backend(variant), "tokenizer", None)
-        requests = []
-        for item in data.items:
-            message = data.task.user_message(item)
-            prompt = render_prompt(tokenizer, message, self.config.thinking) if tokenizer is not None else message
-            for sample in range(self.config.repeats):
-                requests.append(GenerationRequest(item.item_id, sample, prompt, self.config.sampling))
-        return requests
+        if tokenizer is None:
+            return list(messages)
+        prompts = [render_prompt(tokenizer, message, self.config.thinking) for message in messages]
+        if self._cache is not None:
+            self._cache.put_renderings(zip(keys, prompts))
+        return prompts
+
+    def template_hash(self, variant: VariantSpec) -> str:
+        """sha256 of the chat template the prompts were rendered with ("" hashed when there is none)."""
+        key = self._rendering_key(variant, {"chat_template": True}) if self._cache is not None else None
+        if key is not None and (found := self._cache.get_renderings([key])):
+            return found[key]
+        template = getattr(getattr(self.backend(variant), "tokenizer", None), "chat_template", None) or ""
+        digest = hashlib.sha256(template.encode()).hexdigest()
+        if key is not None:
+            self._cache.put_renderings([(key, digest)])
+        return digest
+
+    def _rendering_key(self, variant: VariantSpec, what: dict[str, Any]) -> str:
+        renderer = f"{self.config.backend}, transformers {_transformers_version()}"
+        return rendering_key(self.identity(variant)["hash"], renderer, what)
 
     def identity(self, variant: VariantSpec) -> dict[str, Any]:
         """The model's content identity (hashes config, tokenizer and safetensors headers): once per variant."""
@@ -119,13 +160,12 @@ class Evaluator:
     def fingerprint(self, variant: VariantSpec, task_spec: str) -> Fingerprint:
         backend = self.backend(variant)
         data = self.task_data(task_spec)
-        template = getattr(getattr(backend, "tokenizer", None), "chat_template", None) or ""
         extra = backend.device_info() if hasattr(backend, "device_info") else {}
         return Fingerprint.for_run(
             model=self.identity(variant),
             task=data.task.name,
             dataset_hash=data.content_hash,
-            prompt_template_hash=hashlib.sha256(template.encode()).hexdigest(),
+            prompt_template_hash=self.template_hash(variant),
             sampling=self.config.sampling,
             thinking=self.config.thinking,
             repeats=self.config.repeats,

