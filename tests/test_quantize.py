@@ -161,3 +161,14 @@ def test_task_calibration_packs_chat_formatted_items_to_seqlen(tmp_path):
     assert "<|im_start|>user" in lines[0] and "<|im_start|>assistant" in lines[0]
     calibration = prepare_calibration("zoo", tokenizer, FAST, tmp_path)
     assert calibration.source == "task zoo" and len(calibration.sha256) == 64
+
+
+def test_an_offline_build_ships_the_tokenizer_config_an_online_build_ships(tmp_path):
+    from pytest_qtests.quantize import unpin_offline_loading
+
+    offline = {"model_max_length": 512, "local_files_only": True, "chat_template": "{{ x }}"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(offline, indent=2) + "\n")
+    assert unpin_offline_loading(tmp_path) is True
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {**offline, "local_files_only": False}
+    assert unpin_offline_loading(tmp_path) is False  # already as an online build writes it
+    assert unpin_offline_loading(tmp_path / "missing") is False

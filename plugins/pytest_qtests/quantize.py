@@ -256,6 +256,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
         (exported,) = {path.parent for path in staging.rglob("config.json")}
         if source_dtype == torch.bfloat16:
             restore_bf16(exported)
+        unpin_offline_loading(exported)
         provenance["kept_modules"] = kept
         _verify_recipe(exported, recipe)
         atomic_write(exported / PROVENANCE_FILE, json.dumps(provenance, indent=1, sort_keys=True) + "\n")
@@ -283,6 +284,24 @@ def restore_bf16(checkpoint: Path) -> int:
                 restored += 1
         save_file(tensors, shard, metadata={"format": "pt"})
     return restored
+
+
+def unpin_offline_loading(checkpoint: Path) -> bool:
+    """Write ``local_files_only`` in the tokenizer config as an online build does (false); True if changed.
+
+    transformers saves the tokenizer's load arguments with it, so a build under ``HF_HUB_OFFLINE=1``
+    (the zoo's, any air-gapped one) would ship ``"local_files_only": true``: a setting of the build
+    machine, not of the checkpoint, and a diff between two otherwise identical builds.
+    """
+    path = checkpoint / "tokenizer_config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    if not config.get("local_files_only"):
+        return False
+    config["local_files_only"] = False
+    atomic_write(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return True
 
 
 def _verify_recipe(checkpoint: Path, recipe: Recipe) -> None:
