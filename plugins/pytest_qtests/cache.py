@@ -114,17 +114,29 @@ class GenerationCache:
 
     def get_many(self, keys: Iterable[str]) -> dict[str, GenerationRecord]:
         """The cached records among ``keys`` (misses are simply absent)."""
+        return {key: self._decode(key, text) for key, text in self._select("generations", "record", keys)}
+
+    def _select(self, table: str, column: str, keys: Iterable[str]) -> list[tuple[str, str]]:
+        """(key, ``column``) of the rows of ``table`` among ``keys``, a bounded number of keys per query."""
         unique = list(dict.fromkeys(keys))
-        found: dict[str, GenerationRecord] = {}
+        rows: list[tuple[str, str]] = []
         for start in range(0, len(unique), _QUERY_CHUNK):
             batch = unique[start : start + _QUERY_CHUNK]
             placeholders = ",".join("?" * len(batch))
-            rows = self._connection.execute(
-                f"SELECT key, record FROM generations WHERE key IN ({placeholders})", batch
-            ).fetchall()
-            for key, text in rows:
-                found[key] = self._decode(key, text)
-        return found
+            rows += self._connection.execute(
+                f"SELECT key, {column} FROM {table} WHERE key IN ({placeholders})", batch).fetchall()
+        return rows
+
+    def _insert(self, statement: str, rows: list[tuple]) -> None:
+        """Run ``statement`` over ``rows`` in one transaction: all rows or none."""
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            self._connection.executemany(statement, rows)
+            self._connection.execute("COMMIT")
+        except BaseException:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            raise
 
     def _decode(self, key: str, text: str) -> GenerationRecord:
         try:
@@ -137,29 +149,13 @@ class GenerationCache:
 
     def get_renderings(self, keys: Sequence[str]) -> dict[str, str]:
         """The rendered texts stored under ``keys`` (misses are absent)."""
-        unique = list(dict.fromkeys(keys))
-        found: dict[str, str] = {}
-        for start in range(0, len(unique), _QUERY_CHUNK):
-            batch = unique[start : start + _QUERY_CHUNK]
-            placeholders = ",".join("?" * len(batch))
-            found.update(self._connection.execute(
-                f"SELECT key, text FROM renderings WHERE key IN ({placeholders})", batch).fetchall())
-        return found
+        return dict(self._select("renderings", "text", keys))
 
     def put_renderings(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Store rendered texts in one transaction; a key already present keeps its text."""
         rows = list(pairs)
-        if not rows:
-            return
-        self._connection.execute("BEGIN IMMEDIATE")
-        try:
-            self._connection.executemany(
-                "INSERT INTO renderings (key, text) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", rows)
-            self._connection.execute("COMMIT")
-        except BaseException:
-            if self._connection.in_transaction:
-                self._connection.execute("ROLLBACK")
-            raise
+        if rows:
+            self._insert("INSERT INTO renderings (key, text) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", rows)
 
     def put_many(self, items: Mapping[str, GenerationRecord] | Iterable[tuple[str, GenerationRecord]]) -> int:
         """Store records in one transaction (all or nothing); returns how many were new.
@@ -177,17 +173,8 @@ class GenerationCache:
         if not rows:
             return 0
         before = self._connection.total_changes
-        self._connection.execute("BEGIN IMMEDIATE")
-        try:
-            self._connection.executemany(
-                "INSERT INTO generations (key, record, created_at) VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                rows,
-            )
-            self._connection.execute("COMMIT")
-        except BaseException:
-            if self._connection.in_transaction:
-                self._connection.execute("ROLLBACK")
-            raise
+        self._insert("INSERT INTO generations (key, record, created_at) VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                     rows)
         return self._connection.total_changes - before
 
     def __len__(self) -> int:
