@@ -519,10 +519,18 @@ def cache_integrity(directory: Path) -> str:
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+def _default_sigint() -> None:
+    """In the gate's child process: SIGINT back to its default, so Python installs its KeyboardInterrupt
+    handler. A child inherits an *ignored* SIGINT, and a test session started in the background by a
+    non-interactive shell (``make test &``, some CI runners) ignores it; the signal would then do nothing,
+    which is not what a user's Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_after_canary(directory: Path, signal_number: int) -> subprocess.Popen:
     """Start the gate and signal it once the canary's generations are committed, amid the full run."""
     process = subprocess.Popen(gate_command(*FAULT_RUN), cwd=directory, env=gate_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while cache_rows(directory) < FAULT_CANARY and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
