@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .packages import installed_version
 from .records import QtestsError
 
 if TYPE_CHECKING:
@@ -94,12 +95,4 @@ def describe_provenance(provenance: dict[str, Any]) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("auto-round", "transformers", "torch"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    return {package: installed_version(package) for package in ("auto-round", "transformers", "torch")}

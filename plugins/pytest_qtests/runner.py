@@ -8,7 +8,6 @@ variant's is created (one engine in memory per worker).
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import math
 import sys
@@ -25,22 +24,13 @@ from .degeneracy import DetectorThresholds, assess, calibrate
 from .divergence import pool
 from .extension import Extension, extend_run
 from .fingerprint import Fingerprint, model_identity, replay_identity
+from .packages import installed_version
 from .records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, TaskItem, VariantSpec
 from .scoring import TokenScores, compare_scores
 from .tasks.graders import grade_output
 from .tasks.loaders import TaskData, load_task
 from .tasks.prompts import prompt_opens_thinking, render_prompt
 from .tasks.registry import resolve_task_spec
-
-@functools.cache
-def _transformers_version() -> str:
-    """From the package metadata: importing transformers is what a rendering hit saves."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("transformers")
-    except metadata.PackageNotFoundError:
-        return "none"
 
 
 @dataclass
@@ -145,7 +135,7 @@ class Evaluator:
         return digest
 
     def _rendering_key(self, variant: VariantSpec, what: dict[str, Any]) -> str:
-        renderer = f"{self.config.backend}, transformers {_transformers_version()}"
+        renderer = f"{self.config.backend}, transformers {installed_version('transformers')}"
         return rendering_key(self.identity(variant)["hash"], renderer, what)
 
     def identity(self, variant: VariantSpec) -> dict[str, Any]:
