@@ -25,8 +25,13 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/python -m pytest qtests -p no:cacheprovider -q -rxXfE
 
+# every kind: unit, engine integration, end to end (see tests/conftest.py)
 test: install
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+# the unit tests only: pure functions and records, no engine, no child pytest run
+test-fast: install
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
 
 zoo: install
 	cd fixtures/build && ../../$(BIN)/python make_variants.py

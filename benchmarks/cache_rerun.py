@@ -94,8 +94,8 @@ def heavy_imports(rerun: list[str]) -> list[str]:
 
 def in_process(limit: int, cache: Path) -> tuple[float, float]:
     """A first Evaluator run and a re-run by a fresh Evaluator on the same cache, in this process."""
-    from pytest_qtests.config import build_config
-    from pytest_qtests.runner import Evaluator
+    from pytest_qtests.options import build_config
+    from pytest_qtests.evaluate.evaluator import Evaluator
 
     config = build_config({
         "qt_reference": f"bf16={zoo_bench.REFERENCE}", "qt_tasks": zoo_bench.TASK, "qt_limit": limit,

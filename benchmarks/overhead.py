@@ -35,9 +35,9 @@ def main() -> None:
     args = parser.parse_args()
     zoo_bench.prepare()
 
-    from pytest_qtests import runner
-    from pytest_qtests.backends.vllm_backend import VLLMBackend, _sampling_params
-    from pytest_qtests.config import build_config
+    from pytest_qtests.evaluate import evaluator as runner
+    from pytest_qtests.engines.vllm_backend import VLLMBackend, _sampling_params
+    from pytest_qtests.options import build_config
 
     config = build_config({
         "qt_reference": f"bf16={zoo_bench.REFERENCE}", "qt_tasks": zoo_bench.TASK, "qt_limit": args.limit,

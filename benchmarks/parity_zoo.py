@@ -7,7 +7,7 @@ engine starts).
 
 What it measures, on the first ``--limit`` items of the zoo task with the model's own chat template:
 
-- greedy generation in both engines through the package's parity check (``pytest_qtests.parity_runner``,
+- greedy generation in both engines through the package's parity check (``pytest_qtests.evaluate.parity_run``,
   what ``pytest --parity vllm,transformers`` runs): per-item agreement of the output tokens, the first
   differing output token, each engine's accuracy, and the teacher-forced verdict;
 - teacher-forced scoring of the same texts (prompt + transformers' greedy output) in vLLM
@@ -48,7 +48,7 @@ def transformers_scores(model, tokenizer, texts: list[str]):
     """Teacher-forced scores from one forward pass per text."""
     import torch
 
-    from pytest_qtests.scoring import scores_from_logits
+    from pytest_qtests.engines.teacher_forcing import scores_from_logits
 
     scores = []
     for text in texts:
@@ -120,8 +120,8 @@ def shared_key_head_copies(source: Path, scratch: Path) -> tuple[Path, Path]:
 
 def pooled_summary(reference_scores, variant_scores, prompt_lengths: list[int]) -> dict:
     """Pooled divergence plus where each text first diverged (in the prompt or in the output)."""
-    from pytest_qtests.divergence import pool
-    from pytest_qtests.scoring import compare_scores
+    from pytest_qtests.evaluate.divergence import pool
+    from pytest_qtests.engines.teacher_forcing import compare_scores
 
     reports = [compare_scores(r, v) for r, v in zip(reference_scores, variant_scores)]
     pooled = pool(reports)
@@ -149,7 +149,7 @@ def teacher_forced(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_qtests.backends.vllm_backend import VLLMBackend
+    from pytest_qtests.engines.vllm_backend import VLLMBackend
     from pytest_qtests.records import VariantSpec
 
     vllm_backend = VLLMBackend(VariantSpec(checkpoint.name, str(checkpoint)), engine_args)
@@ -174,9 +174,9 @@ def greedy_parity(limit: int, max_tokens: int, engine_args: dict) -> tuple[dict,
     """Greedy outputs of both engines through the package's parity check; the texts to score next."""
     from transformers import AutoTokenizer
 
-    from pytest_qtests.config import build_config
-    from pytest_qtests.parity_runner import run_parity
-    from pytest_qtests.runner import Evaluator
+    from pytest_qtests.options import build_config
+    from pytest_qtests.evaluate.parity_run import run_parity
+    from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.tasks.prompts import render_prompt
 
     config = build_config({

@@ -33,8 +33,8 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from pytest_qtests.gate import check_accuracy, parse_tolerance
-from pytest_qtests.stats import (
+from pytest_qtests.gate.checks import check_accuracy, parse_tolerance
+from pytest_qtests.gate.stats import (
     degrade,
     difficulty_model_variances,
     discordance_rate,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from pytest_qtests.cache import GenerationCache, cached_generate
+from pytest_qtests.store.cache import GenerationCache, cached_generate
 from pytest_qtests.records import GenerationRecord, GenerationRequest, SamplingParams
 
 MODEL_HASH = "c" * 64

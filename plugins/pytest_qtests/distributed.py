@@ -6,7 +6,7 @@ The slice is written to ``CUDA_VISIBLE_DEVICES`` when the worker configures itse
 (or torch) initialises CUDA, which reads that variable once.
 
 Roles: the *controller* evaluates nothing and owns the user-facing output (verdict table, reports,
-baselines), rebuilt from the runs the *workers* published (see :mod:`pytest_qtests.run_store`). A
+baselines), rebuilt from the runs the *workers* published (see :mod:`pytest_qtests.store.run_store`). A
 plain ``pytest`` without ``-n`` is neither: it evaluates and reports itself.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pytest
 
-from .records import QtestsError
+from pytest_qtests.records import QtestsError
 
 RUN_ID_INPUT = "qtests_run_id"  # workerinput keys the controller hands every worker
 DEVICES_INPUT = "qtests_devices"

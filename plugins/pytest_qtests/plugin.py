@@ -13,11 +13,11 @@ from typing import Any, NoReturn
 
 import pytest
 
-from . import distributed
-from .config import DEFAULT_FAIL_ON, RunConfig, build_config
-from .preflight import check_before_run
-from .records import QtestsError, VariantSpec
-from .session import CHECKS, GateSession, Verdict
+from pytest_qtests import distributed
+from pytest_qtests.options import DEFAULT_FAIL_ON, RunConfig, build_config
+from pytest_qtests.preflight import check_before_run
+from pytest_qtests.records import QtestsError, VariantSpec
+from pytest_qtests.session import CHECKS, GateSession, Verdict
 
 _SESSION_KEY = pytest.StashKey[GateSession]()
 _NOTES_KEY = pytest.StashKey[str]()
@@ -275,12 +275,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         run_id = distributed.published_run_id(config)
         if run_id is not None:  # an xdist worker: its runs go to the controller, which reports them
-            from .run_store import publish_session_runs
+            from pytest_qtests.store.run_store import publish_session_runs
 
             publish_session_runs(gate, run_id, config.workerinput["workerid"])
             return
         if _CONTROLLER_KEY in config.stash:
-            from .run_store import adopt_published_runs
+            from pytest_qtests.store.run_store import adopt_published_runs
 
             adopt_published_runs(gate, config.stash[_CONTROLLER_KEY].run_id)
         if gate.config.save_baseline and exitstatus == pytest.ExitCode.INTERRUPTED:
@@ -288,7 +288,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         elif gate.config.save_baseline:
             notes += [f"baseline written: {path}" for path in gate.save_baselines()]
         if gate.config.report_dir is not None:
-            from .report.files import write_reports
+            from pytest_qtests.report.files import write_reports
 
             write_reports(gate, gate.config.report_dir)
     except (QtestsError, OSError) as error:
@@ -312,7 +312,7 @@ def _write_error(error: BaseException) -> str:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if _SESSION_KEY not in config.stash:
         return
-    from .report.terminal import render_summary
+    from pytest_qtests.report.terminal import render_summary
 
     gate = config.stash[_SESSION_KEY]
     if gate.evaluator.completed_runs():

@@ -8,12 +8,12 @@ at run time, so one broken variant never stops the others from being evaluated.
 
 from __future__ import annotations
 
-from .baselines import load_baseline
-from .config import RunConfig
-from .policy import parse_policy
-from .records import QtestsError
-from .tasks.loaders import TaskData, load_task
-from .tasks.registry import resolve_task_spec
+from pytest_qtests.store.baselines import load_baseline
+from pytest_qtests.options import RunConfig
+from pytest_qtests.audit.policies import parse_policy
+from pytest_qtests.records import QtestsError
+from pytest_qtests.tasks.loaders import TaskData, load_task
+from pytest_qtests.tasks.registry import resolve_task_spec
 
 
 def check_before_run(config: RunConfig) -> dict[str, TaskData]:

@@ -9,19 +9,19 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditReport, audit
-from .baselines import Baseline, baseline_path, load_baseline, resolve_baseline, save_baseline
-from .config import RunConfig
-from .expectations import Expectation, expectation_checks
-from .fingerprint import check_compatible
-from .forensics import Forensics, build_forensics
-from .gate import CheckResult, apply_holm, run_checks
-from .parity import ParityReport
-from .policy import evaluate_policy
-from .provenance import describe_provenance, read_provenance
-from .records import ItemOutcome, QtestsError, VariantSpec
-from .runner import Evaluator, TaskRun
-from .tasks.registry import task_spec_name
+from pytest_qtests.audit.checkpoint import AuditReport, audit
+from pytest_qtests.store.baselines import Baseline, baseline_path, load_baseline, resolve_baseline, save_baseline
+from pytest_qtests.options import RunConfig
+from pytest_qtests.gate.expectations import Expectation, expectation_checks
+from pytest_qtests.store.fingerprint import check_compatible
+from pytest_qtests.gate.forensics import Forensics, build_forensics
+from pytest_qtests.gate.checks import CheckResult, apply_holm, run_checks
+from pytest_qtests.evaluate.parity import ParityReport
+from pytest_qtests.audit.policies import evaluate_policy
+from pytest_qtests.build.provenance import describe_provenance, read_provenance
+from pytest_qtests.records import ItemOutcome, QtestsError, VariantSpec
+from pytest_qtests.evaluate.evaluator import Evaluator, TaskRun
+from pytest_qtests.tasks.registry import task_spec_name
 
 CHECKS = ("degenerate", "accuracy", "truncation", "length")
 
@@ -167,7 +167,7 @@ class GateSession:
 
     def parity_verdict(self, variant: VariantSpec, task: str) -> Verdict:
         """``--parity A,B``: the variant on both engines; fails when their teacher-forced scores part."""
-        from .parity_runner import run_parity
+        from pytest_qtests.evaluate.parity_run import run_parity
 
         assert self.config.parity is not None
         key = (variant.label, task)

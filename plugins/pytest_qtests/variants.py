@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .records import QtestsError, VariantSpec
+from pytest_qtests.records import QtestsError, VariantSpec
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -18,9 +18,9 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from ..gate import CheckResult
-from ..records import GenerationRecord, ItemOutcome, QtestsError, TaskItem
-from ..stats import wilson_interval
+from pytest_qtests.gate.checks import CheckResult
+from pytest_qtests.records import GenerationRecord, ItemOutcome, QtestsError, TaskItem
+from pytest_qtests.gate.stats import wilson_interval
 
 EXCERPT_CHARS = 60  # characters kept from each end of an output in examples (results.json, HTML)
 LINE_EXCERPT_CHARS = 12  # the same in terminal and Markdown lines, which must stay short

@@ -22,11 +22,11 @@ from typing import Any, Sequence
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .. import __version__
-from ..config import RunConfig
-from ..gate import CheckResult
-from ..records import QtestsError
-from .evidence import (
+from pytest_qtests import __version__
+from pytest_qtests.options import RunConfig
+from pytest_qtests.gate.checks import CheckResult
+from pytest_qtests.records import QtestsError
+from pytest_qtests.report.evidence import (
     RunEvidence,
     degeneracy_digest,
     degeneracy_lines,
@@ -37,9 +37,9 @@ from .evidence import (
     rate_interval,
     thinking_distribution,
 )
-from .format import TABLE_COLUMNS, row_verdict, table_cells
-from .html import render_html
-from .truncation import forensics_lines
+from pytest_qtests.report.format import TABLE_COLUMNS, row_verdict, table_cells
+from pytest_qtests.report.html import render_html
+from pytest_qtests.report.truncation import forensics_lines
 
 RESULTS_SCHEMA_VERSION = 1
 

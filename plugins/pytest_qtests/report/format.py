@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..gate import CHECKS, CheckResult
+from pytest_qtests.gate.checks import CHECKS, CheckResult
 
 
 def cell_rate(value: float | None) -> str:

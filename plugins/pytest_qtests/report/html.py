@@ -11,9 +11,9 @@ import html
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from .evidence import Flip, RunEvidence, degeneracy_lines, failure_messages, find_flips, thinking_distribution
-from .format import TABLE_COLUMNS, cell_estimate, cell_interval, cell_p, table_cells
-from .truncation import FORENSICS_HEADER, forensics_lines, forensics_rows
+from pytest_qtests.report.evidence import Flip, RunEvidence, degeneracy_lines, failure_messages, find_flips, thinking_distribution
+from pytest_qtests.report.format import TABLE_COLUMNS, cell_estimate, cell_interval, cell_p, table_cells
+from pytest_qtests.report.truncation import FORENSICS_HEADER, forensics_lines, forensics_rows
 
 FLIPS_SHOWN = 5  # per variant x task and direction; flips.jsonl has all of them
 OUTPUT_CHARS_SHOWN = 4000  # per output in the page; flips.jsonl has the full text
@@ -150,7 +150,7 @@ def flips_section(entries: Sequence[RunEvidence]) -> str:
 def plots_section(entries: Sequence[RunEvidence]) -> str:
     """Every plot as an embedded PNG; a note instead when matplotlib is not installed."""
     try:
-        from .plots import make_plots
+        from pytest_qtests.report.plots import make_plots
     except ImportError:
         return ("<p>Plots need matplotlib, which is not installed: <code>pip install matplotlib</code> "
                 "and run again (results.json has every number).</p>")

@@ -17,9 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..records import ItemOutcome
-from .evidence import RunEvidence, rate_interval, thinking_distribution
-from .format import cell_footprint
+from pytest_qtests.records import ItemOutcome
+from pytest_qtests.report.evidence import RunEvidence, rate_interval, thinking_distribution
+from pytest_qtests.report.format import cell_footprint
 
 REFERENCE_COLOR = "black"
 PASS_COLOR = "#2e7d32"

@@ -8,9 +8,9 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .evidence import RunEvidence, degeneracy_lines, gather
-from .format import TABLE_COLUMNS, table_cells
-from .truncation import forensics_lines
+from pytest_qtests.report.evidence import RunEvidence, degeneracy_lines, gather
+from pytest_qtests.report.format import TABLE_COLUMNS, table_cells
+from pytest_qtests.report.truncation import forensics_lines
 
 
 def render_table(rows: list[dict[str, Any]], width: int = 120) -> str:

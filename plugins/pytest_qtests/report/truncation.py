@@ -2,16 +2,16 @@
 and what the continued samples of ``--extend-truncated`` did at the larger cap.
 
 Lines for the terminal and summary.md, a table for report.html; results.json takes
-:meth:`~pytest_qtests.forensics.Forensics.to_dict` as it is. Every function reads :class:`RunEvidence`.
+:meth:`~pytest_qtests.gate.forensics.Forensics.to_dict` as it is. Every function reads :class:`RunEvidence`.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from ..extension import Extension
-from ..forensics import STRATA, STRATUM_TITLES, CapComparison, Forensics
-from .evidence import RunEvidence
+from pytest_qtests.evaluate.continuation import Extension
+from pytest_qtests.gate.forensics import STRATA, STRATUM_TITLES, CapComparison, Forensics
+from pytest_qtests.report.evidence import RunEvidence
 
 
 def _pp(value: float | None) -> str:

@@ -5,10 +5,10 @@
 generation (thinking removed) with the task's grader.
 """
 
-from .graders import Grade, Grader, answer_part, grade_choice, grade_math, grade_numeric, grade_output
-from .loaders import TaskData, load_task
-from .prompts import prompt_opens_thinking, render_prompt
-from .registry import (
+from pytest_qtests.tasks.graders import Grade, Grader, answer_part, grade_choice, grade_math, grade_numeric, grade_output
+from pytest_qtests.tasks.loaders import TaskData, load_task
+from pytest_qtests.tasks.prompts import prompt_opens_thinking, render_prompt
+from pytest_qtests.tasks.registry import (
     ENTRY_POINT_GROUP,
     DataSource,
     FieldMap,

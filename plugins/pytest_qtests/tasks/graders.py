@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Callable
 
-from ..records import QtestsError, TaskItem
-from ..thinking import THINK_CLOSE, split_thinking
-from .deadline import DeadlineExceeded, DeadlineWorker
+from pytest_qtests.records import QtestsError, TaskItem
+from pytest_qtests.thinking import THINK_CLOSE, split_thinking
+from pytest_qtests.tasks.deadline import DeadlineExceeded, DeadlineWorker
 
 MATH_VERIFY_TIME_LIMIT_S = 3
 """Seconds math-verify may spend on one parse or one comparison (its own signal-based timeout)."""

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..fingerprint import dataset_hash
-from ..records import QtestsError, TaskItem
-from .graders import CHOICE_LETTERS
-from .registry import DataSource, FieldMap, Task
+from pytest_qtests.store.fingerprint import dataset_hash
+from pytest_qtests.records import QtestsError, TaskItem
+from pytest_qtests.tasks.graders import CHOICE_LETTERS
+from pytest_qtests.tasks.registry import DataSource, FieldMap, Task
 
 _FORMAT_BY_SUFFIX = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import QtestsError
-from ..thinking import THINK_CLOSE, THINK_OPEN
+from pytest_qtests.records import QtestsError
+from pytest_qtests.thinking import THINK_CLOSE, THINK_OPEN
 
 
 def render_prompt(tokenizer: Any, user_message: str, thinking: bool) -> str:

@@ -18,8 +18,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..records import QtestsError, TaskItem
-from .graders import CHOICE_LETTERS, Grader, grade_choice, grade_math, grade_numeric
+from pytest_qtests.records import QtestsError, TaskItem
+from pytest_qtests.tasks.graders import CHOICE_LETTERS, Grader, grade_choice, grade_math, grade_numeric
 
 ENTRY_POINT_GROUP = "qtests.tasks"
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")

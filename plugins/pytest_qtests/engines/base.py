@@ -1,0 +1,85 @@
+"""The one interface every engine implements.
+
+Backends are the only code that touches an inference engine. They receive fully rendered prompts
+and return :class:`GenerationRecord` objects; grading, statistics and reporting never see the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError
+from pytest_qtests.tasks.prompts import prompt_opens_thinking
+from pytest_qtests.thinking import THINK_CLOSE, thinking_extent
+
+ProgressCallback = Callable[[int], None]  # called with the number of newly finished requests
+
+
+class EngineLoadError(QtestsError):
+    """An engine could not load a variant; the message carries the engine's own error line."""
+
+
+def last_error_line(error: BaseException) -> str:
+    """The last non-empty line of an engine exception: usually the one that names the cause."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+class Backend(Protocol):
+    name: str
+
+    def engine_version(self) -> str:
+        """Engine name and version, part of the fingerprint and cache key."""
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
+    ) -> list[GenerationRecord]:
+        """Generate every request (all submitted at once where the engine batches) in request order."""
+
+    def close(self) -> None:
+        """Release the engine (and its GPU memory) before the next variant is loaded."""
+
+
+def think_close_id(tokenizer) -> int | None:
+    """The ``</think>`` token id if the tokenizer has it as a single token, else None."""
+    ids = tokenizer.encode(THINK_CLOSE, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def prompt_token_ids(tokenizer, request: GenerationRequest) -> list[int]:
+    """The ids a local engine is given: the prompt's, then the partial output's own ids when known."""
+    if request.continuation_ids:
+        return tokenizer.encode(request.prompt, add_special_tokens=False) + list(request.continuation_ids)
+    return tokenizer.encode(request.prompt + request.continuation, add_special_tokens=False)
+
+
+def make_record(
+    request: GenerationRequest,
+    text: str,
+    prompt_tokens: int,
+    token_ids: list[int] | None,
+    finish_reason: str,
+    latency_s: float,
+    close_token_id: int | None,
+    output_tokens: int | None = None,
+) -> GenerationRecord:
+    """Build a record the same way for every engine, so records from vLLM, transformers, an OpenAI
+    server or a replay file carry the same fields with the same meaning."""
+    # A continuation's own tokens are measured alone: they start inside the thinking block when the
+    # prompt or the partial output left it open, and are all answer when the partial output closed it.
+    opened = prompt_opens_thinking(request.prompt + request.continuation)
+    thinking_tokens, closed = thinking_extent(text, token_ids, close_token_id, opened, output_tokens)
+    reason = finish_reason if finish_reason in ("stop", "length") else "error"
+    return GenerationRecord(
+        item_id=request.item_id,
+        sample_index=request.sample_index,
+        text=text,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens if output_tokens is not None else len(token_ids or []),
+        finish_reason=reason,
+        thinking_tokens=thinking_tokens,
+        thinking_closed=closed,
+        latency_s=latency_s,
+        token_ids=token_ids,
+        error=None if reason != "error" else f"engine finish_reason={finish_reason!r}",
+    )

@@ -1,0 +1,38 @@
+"""Engines behind one interface: ``generate(requests) -> records``. ``create_backend`` picks one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pytest_qtests.records import QtestsError, VariantSpec
+
+if TYPE_CHECKING:
+    from pytest_qtests.options import RunConfig
+
+BACKENDS = ("transformers", "vllm", "openai", "replay")
+
+
+def create_backend(config: RunConfig, variant: VariantSpec) -> Any:
+    """A new (lazily loading) engine for ``variant`` as the run's settings ask."""
+    if config.backend == "transformers":
+        from pytest_qtests.engines.transformers_backend import TransformersBackend
+
+        return TransformersBackend(variant, dtype=config.dtype, batch_size=config.batch_size)
+    if config.backend == "vllm":
+        from pytest_qtests.engines.vllm_backend import VLLMBackend
+
+        dtype = "bfloat16" if config.dtype == "auto" else config.dtype
+        return VLLMBackend(variant, engine_args=config.engine_args, dtype=dtype)
+    if config.backend == "openai":
+        from pytest_qtests.engines.openai_backend import OpenAIBackend
+
+        if not config.base_urls:
+            raise QtestsError("--backend openai needs --base-url URL (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIBackend(variant, base_urls=config.base_urls)
+    if config.backend == "replay":
+        from pytest_qtests.engines.replay_backend import ReplayBackend
+
+        if variant.label not in config.replay:
+            raise QtestsError(f"--backend replay needs outputs for {variant.label}: pass --replay {variant.label}=OUTPUTS.jsonl")
+        return ReplayBackend(config.replay[variant.label])
+    raise QtestsError(f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")

