@@ -28,7 +28,7 @@ from pytest_qtests.audit.checkpoint import SHARED_EXPERT_GATE, classify
 from pytest_qtests.audit.policies import NAMED_POLICIES
 from pytest_qtests.build.provenance import PROVENANCE_FILE, plan_provenance, sha256_file
 from pytest_qtests.records import QtestsError
-from pytest_qtests.report.files import atomic_write
+from pytest_qtests.store.atomic import atomic_write
 
 SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16")
 FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "llm_compressor")
