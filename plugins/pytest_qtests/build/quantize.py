@@ -2,9 +2,9 @@
 
 The field's lesson is that which layers stay 16-bit matters as much as the format: the MoE shared
 expert and linear attention (Gated DeltaNet) are fragile, the router and ``lm_head`` are tiny. A
-recipe is therefore a set of the audit's module classes kept 16-bit, stated with the audit's own
-policies (:data:`pytest_qtests.audit.policies.NAMED_POLICIES`), so the module knowledge lives in one place
-and the finished checkpoint is checked against the recipe by the same audit users run.
+recipe (``recipes.py``) is therefore a set of the audit's module classes kept 16-bit, stated with the
+audit's own policies, and the finished checkpoint is checked against the recipe by the same audit users
+run (:func:`audit_recipe`).
 
 The model is loaded once into CPU memory; auto-round then quantizes block by block (one decoder
 layer's calibration inputs at a time, on the GPU when there is one) and, with its default
