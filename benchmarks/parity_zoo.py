@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pytest_qtests.store.atomic import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "fixtures/zoo/tiny-qwen3next"
 RESULTS = REPO / "benchmarks/results/parity_zoo.json"
@@ -198,13 +200,6 @@ def greedy_parity(limit: int, max_tokens: int, engine_args: dict) -> tuple[dict,
     return summary, texts, prompt_lengths
 
 
-def write_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(handle.name, path)
-
-
 def print_summary(result: dict) -> None:
     greedy = result["greedy"]
     print(f"\n== greedy, {len(greedy['items'])} zoo items ==\n  {greedy['message']}")
@@ -253,7 +248,7 @@ def main() -> None:
             for side in ("float32", "vllm"):
                 same_function[f"{side}_same_function"] = pooled_summary(
                     scores["tied-key-heads"][side], scores["one-key-head"][side], prompt_lengths)
-    write_atomically(args.out, result)
+    atomic_write(args.out, json.dumps(result, indent=1))
     print_summary(result)
     print(f"\nwritten to {args.out}")
 

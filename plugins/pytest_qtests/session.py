@@ -16,6 +16,7 @@ from pytest_qtests.gate.expectations import Expectation, expectation_checks
 from pytest_qtests.store.fingerprint import check_compatible
 from pytest_qtests.gate.forensics import Forensics, build_forensics
 from pytest_qtests.gate.checks import CheckResult, apply_holm, run_checks
+from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.evaluate.parity import ParityReport
 from pytest_qtests.audit.policies import evaluate_policy
 from pytest_qtests.build.provenance import describe_provenance, read_provenance
@@ -210,10 +211,10 @@ class GateSession:
             outcomes = run.outcomes
             row: dict[str, Any] = {
                 "variant": label, "task": task, "n": len(outcomes),
-                "accuracy": _mean(o.correct for o in outcomes),
-                "truncation": _mean(o.truncated for o in outcomes),
+                "accuracy": mean_or_none(o.correct for o in outcomes),
+                "truncation": mean_or_none(o.truncated for o in outcomes),
                 "median_tokens": statistics.median([o.output_tokens for o in outcomes]) if outcomes else None,
-                "degenerate": _mean(o.degenerate for o in outcomes),
+                "degenerate": mean_or_none(o.degenerate for o in outcomes),
                 "footprint_bytes": self._footprint(variant),
                 "canary": None if run.canary is None else run.canary.passed,
                 "role": "reference" if self.is_reference(variant) else "variant",
@@ -243,8 +244,3 @@ def _provenance_line(variant: VariantSpec) -> str | None:
     except QtestsError:
         return None
     return None if provenance is None else describe_provenance(provenance)
-
-
-def _mean(values) -> float | None:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else None

@@ -16,9 +16,8 @@ import pytest
 from pytest_qtests.audit.checkpoint import LINEAR_ATTN, ROUTED_EXPERTS, SELF_ATTN, SHARED_EXPERT, SHARED_EXPERT_GATE, audit
 from pytest_qtests.cli.main import main
 from pytest_qtests.build.provenance import PROVENANCE_FILE, describe_provenance, plan_provenance, read_provenance, same_build
-from pytest_qtests.build.quantize import (
-    RECIPES, QuantizeSettings, check_request, prepare_calibration, quantize, write_task_calibration,
-)
+from pytest_qtests.build.quantize import check_request, prepare_calibration, quantize, write_task_calibration
+from pytest_qtests.build.recipes import RECIPES, QuantizeSettings
 from pytest_qtests.records import QtestsError
 
 ZOO = Path(__file__).resolve().parents[2] / "fixtures" / "zoo"

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pytest_qtests.build.provenance import plan_provenance, read_provenance, same_build
-from pytest_qtests.build.quantize import RECIPES, SCHEMES, QuantizeSettings, check_request, prepare_calibration, quantize
+from pytest_qtests.build.quantize import check_request, prepare_calibration, quantize
+from pytest_qtests.build.recipes import RECIPES, SCHEMES, QuantizeSettings
+from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.records import QtestsError, VariantSpec
 
 REFERENCE_LABEL = "reference"
@@ -142,8 +144,8 @@ def _reference_row(session: Any, reference: VariantSpec, task: str) -> SweepRow:
     run = session.run(reference, task)
     outcomes = run.outcomes
     return SweepRow(REFERENCE_LABEL, None, None, task, footprint, bits,
-                    accuracy=_share(o.correct for o in outcomes), delta_accuracy=0.0,
-                    truncation=_share(o.truncated for o in outcomes), delta_truncation=0.0, length_ratio=1.0,
+                    accuracy=mean_or_none(o.correct for o in outcomes), delta_accuracy=0.0,
+                    truncation=mean_or_none(o.truncated for o in outcomes), delta_truncation=0.0, length_ratio=1.0,
                     verdict="reference")
 
 
@@ -167,11 +169,6 @@ def _variant_row(session: Any, point: SweepPoint, variant: VariantSpec, task: st
     if "length" in results:
         row.length_ratio = results["length"].estimate
     return row
-
-
-def _share(values: Any) -> float | None:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else None
 
 
 def mark_pareto(rows: list[SweepRow]) -> None:

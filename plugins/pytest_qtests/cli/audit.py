@@ -14,6 +14,7 @@ import sys
 from pytest_qtests.audit.checkpoint import AuditReport, audit
 from pytest_qtests.audit.policies import FootprintClaim, PolicyResult, evaluate_policy, footprint_claim, parse_policy
 from pytest_qtests.build.provenance import describe_provenance, read_provenance
+from pytest_qtests.report.format import format_bytes
 
 COLUMNS = ("class", "modules", "format", "bits", "group", "params", "bytes", "bits/param")
 MAX_LISTED = 10
@@ -58,11 +59,12 @@ def format_report(
 ) -> str:
     """The human report: header, per-class table, totals, disagreements, notes, verdicts."""
     rows = [_row(c) for c in report.classes]
-    totals = ("total", str(len(report.modules)), "", "", "", _count(report.params), _size(report.footprint_bytes),
-              f"{report.bits_per_param:.2f}")
+    totals = ("total", str(len(report.modules)), "", "", "", _count(report.params),
+              format_bytes(report.footprint_bytes), f"{report.bits_per_param:.2f}")
     lines_after = [
-        f"footprint {report.footprint_bytes:,} bytes ({_size(report.footprint_bytes)}), "
-        f"{report.bits_per_param:.2f} bits/param, {report.relative_to_bf16:.1%} of BF16 ({_size(report.bf16_bytes)})",
+        f"footprint {report.footprint_bytes:,} bytes ({format_bytes(report.footprint_bytes)}), "
+        f"{report.bits_per_param:.2f} bits/param, {report.relative_to_bf16:.1%} of BF16 "
+        f"({format_bytes(report.bf16_bytes)})",
     ]
     if report.disagreements:
         lines_after.append(f"{len(report.disagreements)} config/tensor disagreements:")
@@ -87,7 +89,7 @@ def format_report(
 def _row(summary) -> tuple[str, ...]:
     return (summary.module_class, str(summary.modules), summary.format,
             "/".join(map(str, summary.bits)), ",".join(summary.granularities) or "-",
-            _count(summary.params), _size(summary.nbytes), f"{summary.bits_per_param:.2f}")
+            _count(summary.params), format_bytes(summary.nbytes), f"{summary.bits_per_param:.2f}")
 
 
 def _want_rich(use_rich: bool | None) -> bool:
@@ -132,10 +134,3 @@ def _count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"

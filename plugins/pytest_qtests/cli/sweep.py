@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_qtests.build.quantize import RECIPES, SCHEMES
+from pytest_qtests.build.recipes import RECIPES, SCHEMES
 from pytest_qtests.cli.quantize import add_quantize_options, settings_from
-from pytest_qtests.report.files import atomic_write
+from pytest_qtests.store.atomic import atomic_write
 from pytest_qtests.build.sweep import run_sweep, sweep_points
 from pytest_qtests.report.sweep import json_document, markdown_table, rich_table
 

@@ -1,4 +1,4 @@
-"""Cell formatting shared by the terminal table and the Markdown summary."""
+"""Cell formatting shared by the terminal table and the Markdown summary; byte sizes for the audit and sweep."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ def cell_footprint(nbytes: int | None) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= size:
             return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def format_bytes(nbytes: int) -> str:
+    """A byte count in decimal units with two decimals (``798.74 KB``): the audit's and the sweep's sizes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
     return f"{nbytes} B"
 
 
