@@ -61,8 +61,6 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("keep-attn", ("keep-attn",), "all attention kept 16-bit, like Qwen's official GPTQ releases"),
     Recipe("recommended", ("keep-shared-expert", "keep-linear-attn", "keep-router", "keep-lm-head"),
            "shared expert, linear attention, router and lm_head kept 16-bit", (SHARED_EXPERT_GATE,)),
-    # engines without quantized MoE kernels (vLLM-CPU for most formats) still run the dense layers quantized
-    Recipe("keep-experts", ("keep-experts",), "routed MoE experts kept 16-bit, the rest quantized"),
 )}
 
 
