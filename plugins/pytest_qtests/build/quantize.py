@@ -30,9 +30,8 @@ from pytest_qtests.build.provenance import PROVENANCE_FILE, plan_provenance, sha
 from pytest_qtests.records import QtestsError
 from pytest_qtests.report.files import atomic_write
 
-# INT8 is auto-round's W8A8 (int8 weights per channel, int8 activations per token, dynamic)
-SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16", "INT8")
-FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "auto_awq", "llm_compressor")
+SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16")
+FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "llm_compressor")
 INTEGER_SCHEMES: tuple[str, ...] = ("W2A16", "W3A16", "W4A16", "W8A16")  # the only ones with a free group size
 DEFAULT_SEED = 0
 
@@ -116,11 +115,10 @@ def check_request(settings: QuantizeSettings) -> Recipe:
 def supported_schemes(export_format: str) -> frozenset[str]:
     """The schemes auto-round itself says ``export_format`` can hold (its format classes' support lists)."""
     try:
-        from auto_round.formats import AutoAWQFormat, AutoGPTQFormat, AutoRoundFormat, LLMCompressorFormat
+        from auto_round.formats import AutoGPTQFormat, AutoRoundFormat, LLMCompressorFormat
     except ImportError:
         raise QtestsError("qtests quantize needs auto-round: pip install 'qtests[quantize]'") from None
-    classes = {"auto_round": AutoRoundFormat, "auto_gptq": AutoGPTQFormat, "auto_awq": AutoAWQFormat,
-               "llm_compressor": LLMCompressorFormat}
+    classes = {"auto_round": AutoRoundFormat, "auto_gptq": AutoGPTQFormat, "llm_compressor": LLMCompressorFormat}
     return frozenset(classes[export_format].support_schemes)
 
 
