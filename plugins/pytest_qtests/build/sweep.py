@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pytest_qtests.build.provenance import plan_provenance, read_provenance, same_build
-from pytest_qtests.build.quantize import check_request, prepare_calibration, quantize
+from pytest_qtests.build.quantize import check_request, fit_to_context, prepare_calibration, quantize
 from pytest_qtests.build.recipes import RECIPES, SCHEMES, QuantizeSettings
 from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.records import QtestsError, VariantSpec
@@ -106,6 +106,7 @@ def _already_built(model: str, point: SweepPoint, settings: QuantizeSettings, ca
 
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = AutoTokenizer.from_pretrained(model) if calibration else None
+        settings = fit_to_context(settings, model)  # as quantize() records it
         calib = prepare_calibration(calibration, tokenizer, settings, Path(scratch))
         return same_build(existing, plan_provenance(model, settings, RECIPES[settings.recipe], calib))
 
