@@ -318,10 +318,15 @@ def _asymmetric(quant: dict[str, Any]) -> bool:
 
 
 def _names(names: list[str] | tuple[str, ...]) -> str:
-    """A few modules by name; many as their index-free patterns (``model.layers.*.mlp.experts.*.up_proj``)."""
+    """A few modules by name; many as patterns with ``*`` where their indices differ
+    (``model.layers.3.mlp.experts.*.up_proj``)."""
     if len(names) <= MAX_NAMED:
         return ", ".join(names)
-    patterns = list(dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", name) for name in names))
-    shown = patterns if len(patterns) <= MAX_NAMED else names[:MAX_NAMED]
+    split = [name.split(".") for name in names]
+    varying = {i for parts in split for i, part in enumerate(parts)
+               if part.isdigit() and any(len(o) != len(parts) or o[i] != part for o in split)}
+    patterns = list(dict.fromkeys(
+        ".".join("*" if i in varying and part.isdigit() else part for i, part in enumerate(parts)) for parts in split))
+    shown = patterns if len(patterns) <= MAX_NAMED else list(names[:MAX_NAMED])
     more = "" if len(patterns) <= MAX_NAMED else f" and {len(names) - MAX_NAMED} more"
     return ", ".join(shown) + more + f" ({len(names)} modules)"
