@@ -260,6 +260,8 @@ def failure_messages(entries: Sequence[RunEvidence]) -> list[str]:
             messages.append(f"{entry.variant} on {entry.task}: {entry.canary.message}")
         messages += [f"{entry.variant} on {entry.task}: {result.message}"
                      for result in entry.checks.values() if not result.passed]
+        if entry.diagnosis is not None:
+            messages.append(f"{entry.variant} on {entry.task}: {entry.diagnosis.message}")
     return messages
 
 
