@@ -1,7 +1,8 @@
 """``qtests audit PATH``: print a checkpoint audit as a table (``--json`` for machines).
 
-``--policy`` rules are checked too (exit status 1 when one fails), and the footprint claim is shown
-as a warning when the variant saves too little over the next larger format.
+``--policy`` rules are checked too; the exit status is 1 when one fails or the audit finds an export
+defect (``audit/defects.py``). The footprint claim is shown as a warning when the variant saves too
+little over the next larger format.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ MAX_LISTED = 10
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("audit", help="which layers a checkpoint really quantized, and its real size")
-    parser.add_argument("checkpoint", help="checkpoint directory or hub id (headers only, never tensor data)")
+    parser.add_argument("checkpoint", help="checkpoint directory or hub id (headers and per-tensor scales, never weights)")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--modules", action="store_true", help="include every module (JSON) or list them (table)")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(report, results, claim, with_modules=args.modules), end="")
         if provenance is not None:
             print(describe_provenance(provenance))
-    return 0 if all(r.passed for r in results) else 1
+    return 0 if all(r.passed for r in results) and not report.defects else 1
 
 
 def format_report(
@@ -74,6 +75,7 @@ def format_report(
     else:
         lines_after.append("config and tensors agree on every module")
     lines_after += [f"note: {n}" for n in report.notes]
+    lines_after += [f"DEFECT {finding.message}" for finding in report.defects]
     if claim is not None and not claim.passed:
         lines_after.append(f"WARNING footprint claim: {claim.message}")
     lines_after += [f"{'PASS' if r.passed else 'FAIL'} {r.message}" for r in results]
