@@ -7,19 +7,21 @@ import pytest
 from scipy import stats as scipy_stats
 
 from pytest_qtests.gate.checks import (
-    CHECKS,
-    apply_holm,
     align_outcomes,
     check_absolute,
     check_accuracy,
     check_length,
     check_rate,
     check_truncation,
+    run_checks,
+)
+from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.tolerances import (
+    CHECK_SPECS,
     parse_fail_on,
     parse_fail_on_mapping,
     parse_gate_mode,
     parse_tolerance,
-    run_checks,
 )
 from pytest_qtests.records import ItemOutcome, QtestsError
 from pytest_qtests.gate.stats import paired_binary_test
@@ -365,4 +367,4 @@ def test_runs_over_different_samples_are_refused():
 
 def test_every_check_key_reads_a_real_outcome_field():
     fields = set(ItemOutcome.__dataclass_fields__)
-    assert all(spec.outcome_field in fields for spec in CHECKS.values())
+    assert all(spec.outcome_field in fields for spec in CHECK_SPECS.values())
