@@ -17,7 +17,7 @@ from pytest_qtests import distributed
 from pytest_qtests.options import DEFAULT_FAIL_ON, RunConfig, build_config
 from pytest_qtests.preflight import check_before_run
 from pytest_qtests.records import QtestsError, VariantSpec
-from pytest_qtests.session import CHECKS, GateSession, Verdict
+from pytest_qtests.session import SUITE_CHECKS, GateSession, Verdict
 
 _SESSION_KEY = pytest.StashKey[GateSession]()
 _NOTES_KEY = pytest.StashKey[str]()
@@ -241,7 +241,7 @@ def enforce(verdict: Verdict, record_property: Any) -> None:
 
 
 def check_case(session: GateSession, case: Case, check: str, record_property: Any) -> None:
-    if check not in CHECKS:
+    if check not in SUITE_CHECKS:
         raise ValueError(f"unknown check {check}")
     try:
         verdict = session.verdict(case.variant, case.task, check)

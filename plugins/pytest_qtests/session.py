@@ -15,7 +15,8 @@ from pytest_qtests.options import RunConfig
 from pytest_qtests.gate.expectations import Expectation, expectation_checks
 from pytest_qtests.store.fingerprint import check_compatible
 from pytest_qtests.gate.forensics import Forensics, build_forensics
-from pytest_qtests.gate.checks import CheckResult, apply_holm, run_checks
+from pytest_qtests.gate.checks import CheckResult, run_checks
+from pytest_qtests.gate.multiplicity import apply_holm
 from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.evaluate.diagnosis import Diagnosis
 from pytest_qtests.evaluate.parity import ParityReport
@@ -25,7 +26,8 @@ from pytest_qtests.records import ItemOutcome, QtestsError, VariantSpec
 from pytest_qtests.evaluate.evaluator import Evaluator, TaskRun
 from pytest_qtests.tasks.registry import task_spec_name
 
-CHECKS = ("degenerate", "accuracy", "truncation", "length")
+# The checks the standard suite has one test each for (qtests/test_gate.py), in its order.
+SUITE_CHECKS = ("degenerate", "accuracy", "truncation", "length")
 
 
 @dataclass

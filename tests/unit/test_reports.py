@@ -23,7 +23,9 @@ import pytest
 from pytest_qtests.options import DEFAULT_FAIL_ON
 from pytest_qtests.evaluate.degeneracy import DetectorThresholds, assess, calibrate
 from pytest_qtests.store.fingerprint import Fingerprint
-from pytest_qtests.gate.checks import apply_holm, parse_fail_on, run_checks
+from pytest_qtests.gate.checks import run_checks
+from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.tolerances import parse_fail_on
 from pytest_qtests.records import GenerationRecord, ItemOutcome, QtestsError, SamplingParams, TaskItem
 from pytest_qtests.report.evidence import (
     RunEvidence,
