@@ -35,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     zoo_bench.prepare()
 
-    from pytest_qtests.evaluate import evaluator as runner
+    from pytest_qtests.engines.registry import register_backend
+    from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.engines.vllm_backend import VLLMBackend, _sampling_params
     from pytest_qtests.options import build_config
 
@@ -49,11 +50,11 @@ def main() -> None:
     rss_start = zoo_bench.rss_mb()
     backend = VLLMBackend(reference, config.engine_args, dtype="bfloat16")
     load_s, llm = zoo_bench.timed(backend._load)
-    runner.create_backend = lambda _config, _variant: backend  # every Evaluator below shares this engine
+    register_backend("vllm", lambda _config, _variant: backend, replace=True)  # every Evaluator below shares this engine
 
     from vllm import TokensPrompt
 
-    requests = runner.Evaluator(config).requests(reference, zoo_bench.TASK)
+    requests = Evaluator(config).requests(reference, zoo_bench.TASK)
     tokenizer = llm.get_tokenizer()
     prompts = [TokensPrompt(prompt_token_ids=tokenizer.encode(r.prompt, add_special_tokens=False)) for r in requests]
     params = [_sampling_params(r) for r in requests]
@@ -64,7 +65,7 @@ def main() -> None:
         return sum(len(o.outputs[0].token_ids) for o in outputs)
 
     def qtests() -> int:
-        run = runner.Evaluator(config).run(reference, zoo_bench.TASK)
+        run = Evaluator(config).run(reference, zoo_bench.TASK)
         return sum(r.output_tokens for r in run.records)
 
     raw_times, qt_times, raw_tokens, qt_tokens = [], [], [], []

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores, scores_from_logits
-from pytest_qtests.engines.base import EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
 from pytest_qtests.engines.load_hints import explain_load_failure
 
 
@@ -40,6 +40,7 @@ def device_info() -> dict[str, Any]:
 
 class TransformersBackend:
     name = "transformers"
+    capabilities = EngineCapabilities(renders_prompts=True, teacher_forced_scoring=True, continuation=True)
 
     def __init__(self, spec: VariantSpec, dtype: str = "auto", batch_size: int = 64, device: str | None = None):
         self.spec = spec

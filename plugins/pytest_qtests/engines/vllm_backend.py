@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
-from pytest_qtests.engines.base import EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
 
 EngineArgValue = str | int | float | bool
 
@@ -298,6 +298,7 @@ class VLLMBackend:
     """:class:`~pytest_qtests.engines.base.Backend` on vLLM's offline engine (CPU or GPU build)."""
 
     name = "vllm"
+    capabilities = EngineCapabilities(renders_prompts=True, teacher_forced_scoring=True, continuation=True)
 
     def __init__(self, spec: VariantSpec, engine_args: dict[str, EngineArgValue] | None = None,
                  dtype: str = "bfloat16"):
