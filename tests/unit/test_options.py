@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qtests.cli.main import build_parser
+from pytest_qtests.cli.main import build_parser, main
 from pytest_qtests.cli.sweep import SWEEP_GATE_OPTIONS
 from pytest_qtests.engines.registry import BACKENDS
 from pytest_qtests.options import GATE_OPTIONS, GateOptions, build_config
@@ -142,3 +142,11 @@ def test_a_suite_backend_must_be_registered(tmp_path):
 def test_an_empty_task_list_is_refused():
     with pytest.raises(QtestsError, match="--tasks is empty"):
         build_config(GateOptions(models=["int4=org/int4"], tasks=","))
+
+
+def test_the_audit_takes_comma_and_repeated_policies_alike(capsys):
+    assert main(["audit", str(TINY), "--json", "--policy", ",".join(POLICIES)]) == 0
+    comma = json.loads(capsys.readouterr().out)["policies"]
+    assert main(["audit", str(TINY), "--json", "--policy", POLICIES[0], "--policy", POLICIES[1]]) == 0
+    assert json.loads(capsys.readouterr().out)["policies"] == comma
+    assert [p["rule"] for p in comma] == POLICIES
