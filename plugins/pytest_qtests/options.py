@@ -111,8 +111,8 @@ def _option(flag: str, help: str, *, metavar: str | None = None, choices: Collec
 
 
 def _switch(flag: str, help: str) -> Any:
-    return field(default=False, metadata={"flag": flag, "help": help, "metavar": None, "choices": None,
-                                          "suite": False, "commas": True})
+    """A :class:`GateOptions` on/off field declaring its flag (off unless given)."""
+    return field(default=False, metadata=_option(flag, help).metadata)
 
 
 @dataclass(frozen=True)
