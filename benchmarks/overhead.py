@@ -38,14 +38,14 @@ def main() -> None:
     from pytest_qtests.engines.registry import register_backend
     from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.engines.vllm_backend import VLLMBackend, _sampling_params
-    from pytest_qtests.options import build_config
+    from pytest_qtests.options import GateOptions, build_config
 
-    config = build_config({
-        "qt_reference": f"bf16={zoo_bench.REFERENCE}", "qt_tasks": zoo_bench.TASK, "qt_limit": args.limit,
-        "qt_max_tokens": zoo_bench.MAX_TOKENS, "qt_sampling": zoo_bench.SAMPLING, "qt_backend": "vllm",
-        "qt_engine_args": [f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], "qt_no_cache": True,
-        "qt_canary": 0,
-    })
+    config = build_config(GateOptions(
+        reference=f"bf16={zoo_bench.REFERENCE}", tasks=[zoo_bench.TASK], limit=args.limit,
+        max_tokens=zoo_bench.MAX_TOKENS, sampling=zoo_bench.SAMPLING, backend="vllm",
+        engine_args=[f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], no_cache=True,
+        canary=0,
+    ))
     reference = config.reference
     rss_start = zoo_bench.rss_mb()
     backend = VLLMBackend(reference, config.engine_args, dtype="bfloat16")

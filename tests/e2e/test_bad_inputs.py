@@ -169,6 +169,9 @@ COMMAND_LINES = {
     "unknown-policy": (REPLAY + ["--policy", "keep-everything"],
                        "unknown policy 'keep-everything': use one of keep-shared-expert, keep-linear-attn, "
                        "keep-router, keep-lm-head, keep-attn or CLASS=FORMAT"),
+    "unknown-policy-in-a-list": (REPLAY + ["--policy", "keep-shared-expert,keep-everything"],
+                                 "unknown policy 'keep-everything': use one of keep-shared-expert, keep-linear-attn, "
+                                 "keep-router, keep-lm-head, keep-attn or CLASS=FORMAT"),
     "trust-remote-code-for-no-model": (REPLAY + ["--trust-remote-code", "vra"],
                                        "--trust-remote-code names no model of this run: vra; "
                                        "pass the LABEL of a --model or --reference"),
@@ -221,6 +224,9 @@ SUITE_FILES = {
     "suite-unknown-field": ('models = ["x=org/x"]\nmax_token = 96\n',
                             "suite file suite.toml: (top level): Additional properties are not allowed "
                             "('max_token' was unexpected)"),
+    "suite-unknown-backend": ('models = ["x=org/x"]\nbackend = "tpu"\n',
+                              "suite file suite.toml: backend: unknown backend 'tpu': "
+                              "choose one of transformers, vllm, openai, replay"),
     "suite-label-escaping-the-store": ('models = ["../../etc=org/x"]\n',
                                        "label '../../etc' must use letters, digits, '.', '_', '+', '-': "
                                        "rename it with LABEL=..."),

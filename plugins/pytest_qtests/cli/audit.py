@@ -15,6 +15,7 @@ import sys
 from pytest_qtests.audit.checkpoint import AuditReport, audit
 from pytest_qtests.audit.policies import FootprintClaim, PolicyResult, evaluate_policy, footprint_claim, parse_policy
 from pytest_qtests.build.provenance import describe_provenance, read_provenance
+from pytest_qtests.options import GateOptions, add_gate_options
 from pytest_qtests.report.format import format_bytes
 
 COLUMNS = ("class", "modules", "format", "bits", "group", "params", "bytes", "bits/param")
@@ -27,16 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--modules", action="store_true", help="include every module (JSON) or list them (table)")
-    parser.add_argument("--policy", action="append", default=[], metavar="RULE",
-                        help="keep-shared-expert, keep-linear-attn, keep-router, keep-lm-head, keep-attn "
-                             "or CLASS=FORMAT (e.g. shared_expert=bf16); repeatable")
+    add_gate_options(parser.add_argument, only=("policies",))
     parser.add_argument("--min-saving", type=float, default=0.25, metavar="FRACTION",
                         help="warn when the variant saves less than this over the next larger format")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    rules = [parse_policy(text) for text in args.policy]  # bad rules fail before the audit runs
+    rules = [parse_policy(text) for text in GateOptions.from_namespace(args).policies or []]  # fail before the audit
     report = audit(args.checkpoint, revision=args.revision)
     results = [evaluate_policy(report, rule) for rule in rules]
     claim = footprint_claim(report, args.min_saving)
