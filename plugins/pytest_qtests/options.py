@@ -116,7 +116,8 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         parsed = parse_variant(text, where)
         return VariantSpec(parsed.label, parsed.source, parsed.revision, parsed.label in trusted)
 
-    reference_text = options.get("qt_reference") or suite.get("reference")
+    # a --baseline flag is the stored stand-in for the suite's live reference (the CI path), so it replaces it
+    reference_text = options.get("qt_reference") or (None if options.get("qt_baseline") else suite.get("reference"))
     reference = spec(reference_text, None if options.get("qt_reference") else base) if reference_text else None
     model_texts = options.get("qt_models") or []
     models = [spec(t, None) for t in model_texts] or [spec(t, base) for t in suite.get("models", [])]

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "pytest_qtests.cli.audit",
     "pytest_qtests.cli.quantize",
     "pytest_qtests.cli.sweep",
+    "pytest_qtests.cli.card",
 )
 
 
