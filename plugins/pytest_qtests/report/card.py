@@ -109,10 +109,14 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _is_ratio(result: CheckResult) -> bool:
+    return result.check in CHECKS and CHECKS[result.check].kind == "ratio"
+
+
 def _value(result: CheckResult, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.0f} tokens" if CHECKS.get(result.check) and CHECKS[result.check].kind == "ratio" else _rate(value)
+    return f"{value:.0f} tokens" if _is_ratio(result) else _rate(value)
 
 
 def _metric_name(result: CheckResult, max_tokens: int) -> str:
@@ -255,7 +259,7 @@ def eval_results(document: dict[str, Any], runs: Sequence[CardRun]) -> list[Any]
             found.append(EvalResult(metric_type="accuracy", metric_name="accuracy", metric_value=summary["accuracy"],
                                     **common))
         for result in run.checks:
-            ratio = CHECKS.get(result.check) is not None and CHECKS[result.check].kind == "ratio"
+            ratio = _is_ratio(result)
             found.append(EvalResult(
                 metric_type=f"{result.check}_{'ratio' if ratio else 'delta'}",
                 metric_name=f"{result.check} {'ratio to' if ratio else 'difference from'} BF16",
