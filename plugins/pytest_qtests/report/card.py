@@ -142,10 +142,10 @@ def _task_section(card_run: CardRun, max_tokens: int) -> list[str]:
     ci = summary["accuracy_ci"]
     accuracy = _rate(summary["accuracy"]) + (f" (95% CI {_rate(ci[0])} to {_rate(ci[1])})" if ci else "")
     lines = [f"### {run['task']}: {run['verdict']}", "",
-             f"{summary['n_items']} items, {summary['n_samples']} samples; accuracy {accuracy}; paired with "
-             f"{run['reference_source'] or 'nothing'}.", ""]
+             f"{summary['n_items']} items, {summary['n_samples']} samples; accuracy {accuracy}; "
+             + (f"paired with {run['reference_source']}." if run["reference_source"] else "not paired.")]
     if card_run.checks:
-        lines += _metrics_table(card_run, max_tokens)
+        lines += [""] + _metrics_table(card_run, max_tokens)
     if run["canary"] is not None and not run["canary"]["passed"]:
         lines += ["", f"Canary: {run['canary']['message']}"]
     lines += ["", f"Flipped items: {run['flips']['lost']} lost, {run['flips']['gained']} gained against the reference."]
@@ -199,8 +199,9 @@ def _settings_section(document: dict[str, Any], runs: Sequence[CardRun]) -> list
     fingerprint = runs[0].run["fingerprint"]
     tolerances = ", ".join(f"{check} {text}" for check, text in settings["fail_on"].items())
     items = sorted({str(run.run["summary"]["n_items"]) for run in runs})
+    engine = fingerprint["engine_version"]
     lines = ["### Settings that produced these numbers", "",
-             f"- engine: {fingerprint['engine']} {fingerprint['engine_version']}",
+             f"- engine: {engine if engine.startswith(fingerprint['engine']) else fingerprint['engine'] + ' ' + engine}",
              f"- sampling: {_sampling_text(fingerprint['sampling'])}; thinking {'on' if fingerprint['thinking'] else 'off'}",
              f"- max tokens {fingerprint['max_tokens']}, repeats {fingerprint['repeats']}, items {'/'.join(items)}"
              + (f" (first {settings['limit']})" if settings["limit"] else ""),
