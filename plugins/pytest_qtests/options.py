@@ -279,7 +279,8 @@ def build_config(options: GateOptions) -> RunConfig:
         parsed = parse_variant(text, where)
         return VariantSpec(parsed.label, parsed.source, parsed.revision, parsed.label in trusted)
 
-    reference_text = options.reference or suite.get("reference")
+    # a --baseline flag is the stored stand-in for the suite's live reference (the CI path), so it replaces it
+    reference_text = options.reference or (None if options.baseline else suite.get("reference"))
     reference = spec(reference_text, None if options.reference else base) if reference_text else None
     models = [spec(t, None) for t in options.models or []] or [spec(t, base) for t in suite.get("models", [])]
     if not models and reference is None:
