@@ -30,9 +30,7 @@ def create_backend(config: RunConfig, variant: VariantSpec) -> Any:
             raise QtestsError("--backend openai needs --base-url URL (e.g. http://127.0.0.1:8000/v1)")
         return OpenAIBackend(variant, base_urls=config.base_urls)
     if config.backend == "replay":
-        from pytest_qtests.engines.replay_backend import ReplayBackend
+        from pytest_qtests.engines.replay_backend import ReplayBackend, replay_path
 
-        if variant.label not in config.replay:
-            raise QtestsError(f"--backend replay needs outputs for {variant.label}: pass --replay {variant.label}=OUTPUTS.jsonl")
-        return ReplayBackend(config.replay[variant.label])
+        return ReplayBackend(replay_path(config, variant))
     raise QtestsError(f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")

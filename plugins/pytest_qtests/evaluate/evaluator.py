@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pytest_qtests.engines.registry import create_backend
+from pytest_qtests.engines.replay_backend import replay_path
 from pytest_qtests.store.cache import GenerationCache, cached_generate, rendering_key, request_keys
 from pytest_qtests.evaluate.canary import CanaryDivergence, CanaryResult, judge_canary
 from pytest_qtests.options import RunConfig
@@ -142,7 +143,7 @@ class Evaluator:
         """The model's content identity (hashes config, tokenizer and safetensors headers): once per variant."""
         if variant.label not in self._identities:
             if self.config.backend == "replay":
-                self._identities[variant.label] = replay_identity(self.config.replay[variant.label])
+                self._identities[variant.label] = replay_identity(replay_path(self.config, variant))
             else:
                 self._identities[variant.label] = model_identity(variant)
         return self._identities[variant.label]

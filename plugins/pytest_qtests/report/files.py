@@ -30,6 +30,7 @@ from pytest_qtests.report.evidence import (
     RunEvidence,
     degeneracy_digest,
     degeneracy_lines,
+    length_unit_lines,
     failure_messages,
     find_flips,
     finite_or_none,
@@ -234,6 +235,9 @@ def markdown_summary(entries: Sequence[RunEvidence]) -> str:
     failures = failure_messages(entries)
     if failures:
         lines += ["", "### Failed checks", ""] + [f"- {_markdown_cell(message)}" for message in failures]
+    units = length_unit_lines(entries)
+    if units:
+        lines += ["", "### Lengths", ""] + [f"- {_markdown_cell(line)}" for line in units]
     degenerate = degeneracy_lines(entries)
     if degenerate:
         lines += ["", "### Degenerate output", ""] + [f"- {_markdown_cell(line)}" for line in degenerate]
