@@ -179,6 +179,9 @@ COMMAND_LINES = {
         "sampling.top_k, sampling.min_p"),
     "replay-for-no-model": (REPLAY + ["--replay", "vr=var.jsonl"], "--replay names no model of this run: vr; "
                             "use the LABEL of a --model or --reference (ref, var)"),
+    "replay-model-without-outputs": (["--backend", "replay", "--tasks", "zoo", "--model", "gold=org/gold"],
+                                     "--backend replay needs outputs for gold: pass --model gold=OUTPUTS.jsonl "
+                                     "or --replay gold=OUTPUTS.jsonl"),
     "engine-arg-without-value": (REPLAY + ["--engine-arg", "enforce_eager"],
                                  "--engine-arg 'enforce_eager' must be KEY=VALUE, e.g. --engine-arg tensor_parallel_size=2"),
     "openai-without-base-url": (REPLAY + ["--backend", "openai"],
@@ -281,7 +284,8 @@ def test_replay_file_that_is_not_utf8_names_file_and_line(work):
     run = run_gate(work, *REPLAY)
     assert_variant_error(run, "var", "replay file var.jsonl line 9: not UTF-8 text; each line must be a "
                          'JSON object with "id" and "output" (optional: "finish_reason" stop|length, '
-                         '"output_tokens", "prompt_tokens", "sample_index")')
+                         '"output_tokens", "prompt_tokens", "sample_index"), or a line of an '
+                         'lm-evaluation-harness samples file or of an OpenAI Batch API output file')
 
 
 def test_huge_outputs_are_graded_not_choked_on(work):
