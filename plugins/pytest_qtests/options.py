@@ -42,6 +42,7 @@ class RunConfig:
     dtype: str = "auto"
     base_urls: list[str] = field(default_factory=list)
     replay: dict[str, str] = field(default_factory=dict)
+    tokenizer: str | None = None  # replay: counts lengths the files do not give
     sampling: SamplingParams = field(default_factory=SamplingParams)
     limit: int | None = None
     repeats: int = 1
@@ -196,6 +197,7 @@ def build_config(options: Mapping[str, Any]) -> RunConfig:
         dtype=options.get("qt_dtype") or suite.get("dtype", "auto"),
         base_urls=options.get("qt_base_urls") or suite.get("base_urls", []),
         replay=replay,
+        tokenizer=options.get("qt_tokenizer"),
         sampling=sampling,
         limit=limit,
         repeats=repeats,

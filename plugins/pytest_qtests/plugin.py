@@ -9,11 +9,14 @@ fixture, so ``-k``/``--lf`` runs generate only what the selected tests need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
-from pytest_qtests import distributed
+from pytest_qtests import distributed, hookspec
+from pytest_qtests.fixtures import qt_compare, qt_model, qt_reference  # noqa: F401 (the public fixtures)
+from pytest_qtests.hooks import call_hook, register_hooked_tasks
 from pytest_qtests.options import DEFAULT_FAIL_ON, RunConfig, build_config
 from pytest_qtests.preflight import check_before_run
 from pytest_qtests.records import QtestsError, VariantSpec
@@ -44,6 +47,10 @@ class PolicyCase:
         return f"{self.variant.label}-{self.policy}"
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qtests", "quantized checkpoint gate")
     add = group.addoption
@@ -59,13 +66,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--thinking", dest="qt_thinking", choices=("on", "off"), help="chat template thinking mode")
     add("--sampling", dest="qt_sampling", metavar="PRESET", help="qwen-thinking (default), qwen-instruct, greedy")
     add("--temperature", dest="qt_temperature", type=float, help="override the preset's temperature")
-    add("--backend", dest="qt_backend", choices=("transformers", "vllm", "openai", "replay"))
+    add("--backend", dest="qt_backend",
+        help="transformers (default), vllm, openai, replay, or one added by a pytest_qtests_make_backend hook")
     add("--dtype", dest="qt_dtype", help="engine dtype (default auto: checkpoint dtype; float32 on CPUs without bf16)")
     add("--batch-size", dest="qt_batch_size", type=int, help="transformers generate batch size")
     add("--engine-arg", action="append", dest="qt_engine_args", metavar="KEY=VALUE", help="vLLM engine argument")
     add("--base-url", action="append", dest="qt_base_urls", metavar="URL",
         help="OpenAI-compatible endpoint (repeatable: requests are spread over them); key from OPENAI_API_KEY")
     add("--replay", action="append", dest="qt_replay", metavar="LABEL=FILE", help="outputs to score (replay backend)")
+    add("--tokenizer", dest="qt_tokenizer", metavar="PATH_OR_HUB_ID",
+        help="replay: count the lengths of lines without token counts with this tokenizer (else in words)")
     add("--trust-remote-code", action="append", dest="qt_trust_remote_code", metavar="LABEL",
         help="allow this variant's remote code (off for every variant unless named)")
     add("--fail-on", dest="qt_fail_on", metavar="RULES", help=f"tolerances, default {DEFAULT_FAIL_ON}")
@@ -92,6 +102,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="after the run, continue every output cut at the cap up to F x the cap (reference and variants)")
     add("--gpus-per-worker", dest="qt_gpus_per_worker", type=int, metavar="N",
         help="with pytest-xdist -n: give each worker its own N GPUs (CUDA_VISIBLE_DEVICES slice by worker id)")
+    add("--no-gate", dest="qt_no_gate", action="store_true",
+        help="with your own test paths: run only them, not the standard gate suite beside them")
     add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json, summary.md, flips.jsonl and report.html here")
 
 
@@ -107,12 +119,42 @@ def _wants_qtests(config: pytest.Config) -> bool:
 def gate_session(config: pytest.Config) -> GateSession:
     """The session's gate, built on first use (after every conftest had its say about defaults)."""
     if _SESSION_KEY not in config.stash:
+        register_hooked_tasks(config.hook)
         run_config: RunConfig = build_config(_options(config))
         preloaded_tasks = check_before_run(run_config)
-        session = GateSession(run_config)
+        session = GateSession(run_config, hooks=config.hook)
         session.evaluator.preload_tasks(preloaded_tasks)
         config.stash[_SESSION_KEY] = session
     return config.stash[_SESSION_KEY]
+
+
+def _gate_suite_args(config: pytest.Config) -> None:
+    """What runs: asked for qtests on the command line (``--model``, ``--reference``, ``--qt-config``) with
+    no test paths, the standard gate suite of the installed ``qtests`` package runs; with test paths,
+    those tests run and the gate suite beside them, unless ``--no-gate``."""
+    given = config.known_args_namespace
+    if not (given.qt_models or given.qt_reference or given.qt_config):
+        return  # not asked for on the command line: pytest collects what it always would
+    import importlib.util
+
+    suite = str(Path(importlib.util.find_spec("qtests").origin).parent / "test_gate.py")
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [suite]
+    elif not config.getoption("qt_no_gate") and not _names_suite(config, suite):
+        config.args.append(suite)
+
+
+def _names_suite(config: pytest.Config, suite: str) -> bool:
+    """True when an argument already collects the suite (``--pyargs qtests``, ``qtests/``, the file)."""
+    suite_path = Path(suite)
+    for arg in config.args:
+        target = arg.split("::")[0]
+        if config.option.pyargs and target.split(".")[0] == "qtests":
+            return True
+        path = Path(config.invocation_params.dir, target).resolve()
+        if path in (suite_path, suite_path.parent):
+            return True
+    return False
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -122,6 +164,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
     config.addinivalue_line(
         "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
+    _gate_suite_args(config)
     if not _wants_qtests(config):
         return
     per_worker = config.getoption("qt_gpus_per_worker")
@@ -150,7 +193,13 @@ def _case_scopes(config: pytest.Config) -> dict[str, str]:
     session = gate_session(config)
     cases = [Case(v, t) for v in session.variants for t in session.config.tasks]
     cases += [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
-    return {case.id: case.variant.label for case in cases}
+    return {**{case.id: case.variant.label for case in cases}, **{v.label: v.label for v in _user_models(session)}}
+
+
+def _user_models(session: GateSession) -> list[VariantSpec]:
+    """What ``qt_model`` is parametrized over: the reference (when live), then the variants."""
+    reference = [session.config.reference] if session.config.reference else []
+    return reference + [v for v in session.config.models]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -163,7 +212,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    wanted = {"qt_case", "qt_policy_case", "qt_parity_case"} & set(metafunc.fixturenames)
+    wanted = {"qt_case", "qt_policy_case", "qt_parity_case", "qt_model"} & set(metafunc.fixturenames)
     if not wanted:
         return
     if not _wants_qtests(metafunc.config):
@@ -178,6 +227,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qt_policy_case" in wanted:
         cases = [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
         metafunc.parametrize("qt_policy_case", cases, ids=[c.id for c in cases])
+    if "qt_model" in wanted:
+        models = _user_models(session)
+        metafunc.parametrize("qt_model", models, ids=[m.label for m in models], indirect=True)
     if "qt_parity_case" in wanted:  # without --parity the test is deselected (see collection below)
         cases = [Case(v, t) for v in session.variants for t in session.config.tasks] if session.config.parity else []
         metafunc.parametrize("qt_parity_case", cases, ids=[c.id for c in cases])
@@ -198,8 +250,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def variant_of(item: pytest.Item) -> str | None:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase))), None)
-        return case.variant.label if case is not None else None
+        case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase, VariantSpec))), None)
+        return None if case is None else case.label if isinstance(case, VariantSpec) else case.variant.label
 
     items.sort(key=lambda item: order.get(variant_of(item) or "", -1))
 
@@ -291,6 +343,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             from pytest_qtests.report.files import write_reports
 
             write_reports(gate, gate.config.report_dir)
+        if config.hook.pytest_qtests_results.get_hookimpls() and gate.evaluator.completed_runs():
+            from pytest_qtests.report.files import results_of
+
+            call_hook(config.hook.pytest_qtests_results, results=results_of(gate))
     except (QtestsError, OSError) as error:
         # A baseline or report that cannot be written is the user's to fix (a bad directory, a symlink out
         # of the store): one line and a non-zero exit, never an INTERNALERROR traceback.

@@ -52,9 +52,10 @@ def length_unit(run_fingerprint: Any) -> str:
 
 
 class GateSession:
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, hooks: Any = None):
         self.config = config
-        self.evaluator = Evaluator(config)
+        self.hooks = hooks  # the pytest_qtests_* hook relay (hookspec.py), None: no user hooks
+        self.evaluator = Evaluator(config, hooks)
         self._checks: dict[str, dict[str, dict[str, CheckResult]]] = {}
         self._absolute: dict[tuple[str, str], dict[str, CheckResult]] = {}
         self._audits: dict[str, AuditReport | QtestsError] = {}

@@ -175,7 +175,7 @@ COMMAND_LINES = {
     "allow-mismatch-unknown-field": (
         REPLAY + ["--allow-mismatch", "max_token"],
         "unknown --allow-mismatch field max_token: choose from task, dataset_hash, prompt_template_hash, sampling, "
-        "max_tokens, thinking, repeats, seed, engine, engine_version, sampling.temperature, sampling.top_p, "
+        "max_tokens, thinking, repeats, seed, engine, engine_version, task_code, sampling.temperature, sampling.top_p, "
         "sampling.top_k, sampling.min_p"),
     "replay-for-no-model": (REPLAY + ["--replay", "vr=var.jsonl"], "--replay names no model of this run: vr; "
                             "use the LABEL of a --model or --reference (ref, var)"),

@@ -12,8 +12,15 @@ if TYPE_CHECKING:
 BACKENDS = ("transformers", "vllm", "openai", "replay")
 
 
-def create_backend(config: RunConfig, variant: VariantSpec) -> Any:
-    """A new (lazily loading) engine for ``variant`` as the run's settings ask."""
+def create_backend(config: RunConfig, variant: VariantSpec, hooks: Any = None) -> Any:
+    """A new (lazily loading) engine for ``variant`` as the run's settings ask; implementations of the
+    ``pytest_qtests_make_backend`` hook are asked first."""
+    if hooks is not None:
+        from pytest_qtests.hooks import call_hook
+
+        made = call_hook(hooks.pytest_qtests_make_backend, name=config.backend, variant=variant, config=config)
+        if made is not None:
+            return made
     if config.backend == "transformers":
         from pytest_qtests.engines.transformers_backend import TransformersBackend
 
@@ -32,5 +39,19 @@ def create_backend(config: RunConfig, variant: VariantSpec) -> Any:
     if config.backend == "replay":
         from pytest_qtests.engines.replay_backend import ReplayBackend, replay_path
 
-        return ReplayBackend(replay_path(config, variant))
-    raise QtestsError(f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")
+        return ReplayBackend(replay_path(config, variant), tokenizer=_tokenizer(config.tokenizer))
+    raise QtestsError(f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}, or add it with a "
+                      "pytest_qtests_make_backend hook")
+
+
+def _tokenizer(source: str | None) -> Any:
+    """``--tokenizer``: the tokenizer replayed lengths are counted with (None: counted in words)."""
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise QtestsError(f"--tokenizer {source} cannot be loaded ({str(error).splitlines()[0]}); pass a local "
+                          "tokenizer directory or a hub id in the local cache") from None

@@ -56,8 +56,9 @@ class TaskRun:
 class Evaluator:
     """Lazily evaluates (variant, task) pairs for one pytest session or worker."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, hooks: Any = None):
         self.config = config
+        self._hooks = hooks  # pytest_qtests_make_backend implementations get the first word on engines
         self._tasks: dict[str, TaskData] = {}
         self._runs: dict[tuple[str, str], TaskRun] = {}
         self._failures: dict[str, QtestsError] = {}
@@ -84,7 +85,7 @@ class Evaluator:
         """The engine for ``variant``; the previous variant's engine is released first."""
         if self._backend_label != variant.label:
             self.release()
-            self._backend = create_backend(self.config, variant)
+            self._backend = create_backend(self.config, variant, self._hooks)
             self._backend_label = variant.label
         return self._backend
 
@@ -105,21 +106,26 @@ class Evaluator:
         return [GenerationRequest(item.item_id, sample, prompt, self.config.sampling)
                 for item, prompt in zip(data.items, prompts) for sample in range(self.config.repeats)]
 
-    def prompts(self, variant: VariantSpec, messages: list[str]) -> list[str]:
-        """Each user message through the variant's chat template (as is when the backend has no tokenizer).
+    def prompts(self, variant: VariantSpec, messages: list[Any], thinking: bool | None = None) -> list[str]:
+        """Each user message (or chat of role/content messages) through the variant's chat template (as
+        is when the backend has no tokenizer), with the run's thinking switch unless ``thinking`` says.
 
         Renderings are kept in the generation cache, so a fully cached re-run loads no tokenizer: with
         the vLLM backend that saves importing transformers and torch, most of such a run's time.
         """
-        keys = [self._rendering_key(variant, {"message": message, "thinking": self.config.thinking})
+        thinking = self.config.thinking if thinking is None else thinking
+        keys = [self._rendering_key(variant, {"message": message, "thinking": thinking})
                 for message in messages] if self._cache is not None else []
         found = self._cache.get_renderings(keys) if keys else {}
         if keys and all(key in found for key in keys):
             return [found[key] for key in keys]
         tokenizer = getattr(self.backend(variant), "tokenizer", None)
         if tokenizer is None:
+            if not all(isinstance(m, str) for m in messages):
+                raise QtestsError(f"the {self.config.backend} backend has no chat template to render a list of "
+                                  "chat messages with; pass each prompt as one string")
             return list(messages)
-        prompts = [render_prompt(tokenizer, message, self.config.thinking) for message in messages]
+        prompts = [render_prompt(tokenizer, message, thinking) for message in messages]
         if self._cache is not None:
             self._cache.put_renderings(zip(keys, prompts))
         return prompts
@@ -162,6 +168,7 @@ class Evaluator:
             repeats=self.config.repeats,
             engine=self.config.backend,
             engine_version=backend.engine_version(),
+            task_code=data.task.code_identity(),
             extra=extra,
         )
 

@@ -93,6 +93,11 @@ def write_reports(gate: Any, directory: Path) -> None:
     write_report_files(gather(gate), settings_of(gate.config), Path(directory))
 
 
+def results_of(gate: Any) -> dict[str, Any]:
+    """The session's ``results.json`` document, for the ``pytest_qtests_results`` hook."""
+    return results_document(gather(gate), settings_of(gate.config))
+
+
 def write_report_files(entries: Sequence[RunEvidence], settings: dict[str, Any], directory: Path) -> list[Path]:
     """Write the four report files into ``directory``; returns their paths.
 
