@@ -203,11 +203,15 @@ def run_sweep(model: str, points: Sequence[SweepPoint], base: QuantizeSettings, 
     from pytest_qtests.options import build_config
     from pytest_qtests.session import GateSession
 
+    from pytest_qtests.hooks import cli_hooks, register_hooked_tasks
+
+    hooks = cli_hooks(Path.cwd())  # the conftest.py pytest would use here: its tasks and engines
+    register_hooked_tasks(hooks)
     build_config(gate_options(model, [], gate))  # bad gate flags fail in a second, before any build
     started = time.perf_counter()
     builds = build_points(model, points, base, calibration, log)
     built = time.perf_counter()
-    session = GateSession(build_config(gate_options(model, points, gate)))
+    session = GateSession(build_config(gate_options(model, points, gate)), hooks=hooks)
     try:
         rows = evaluate_points(session, points, builds, log)
         evaluated = time.perf_counter()
