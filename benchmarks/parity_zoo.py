@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pytest_qtests.store.atomic import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "fixtures/zoo/tiny-qwen3next"
 RESULTS = REPO / "benchmarks/results/parity_zoo.json"
@@ -174,16 +176,16 @@ def greedy_parity(limit: int, max_tokens: int, engine_args: dict) -> tuple[dict,
     """Greedy outputs of both engines through the package's parity check; the texts to score next."""
     from transformers import AutoTokenizer
 
-    from pytest_qtests.options import build_config
+    from pytest_qtests.options import GateOptions, build_config
     from pytest_qtests.evaluate.parity_run import run_parity
     from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.tasks.prompts import render_prompt
 
-    config = build_config({
-        "qt_models": [f"tiny-qwen3next={REFERENCE}"], "qt_tasks": "zoo", "qt_limit": limit, "qt_canary": limit,
-        "qt_max_tokens": max_tokens, "qt_dtype": "bfloat16", "qt_no_cache": True,
-        "qt_engine_args": [f"{key}={value}" for key, value in engine_args.items()],
-    })
+    config = build_config(GateOptions(
+        models=[f"tiny-qwen3next={REFERENCE}"], tasks=["zoo"], limit=limit, canary=limit,
+        max_tokens=max_tokens, dtype="bfloat16", no_cache=True,
+        engine_args=[f"{key}={value}" for key, value in engine_args.items()],
+    ))
     evaluator = Evaluator(config)
     started = time.perf_counter()
     report = run_parity(evaluator, config.models[0], "zoo", ("vllm", "transformers"))
@@ -196,13 +198,6 @@ def greedy_parity(limit: int, max_tokens: int, engine_args: dict) -> tuple[dict,
     texts = [prompt + item.texts[1] for prompt, item in zip(prompts, report.items)]
     prompt_lengths = [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
     return summary, texts, prompt_lengths
-
-
-def write_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(handle.name, path)
 
 
 def print_summary(result: dict) -> None:
@@ -253,7 +248,7 @@ def main() -> None:
             for side in ("float32", "vllm"):
                 same_function[f"{side}_same_function"] = pooled_summary(
                     scores["tied-key-heads"][side], scores["one-key-head"][side], prompt_lengths)
-    write_atomically(args.out, result)
+    atomic_write(args.out, json.dumps(result, indent=1))
     print_summary(result)
     print(f"\nwritten to {args.out}")
 

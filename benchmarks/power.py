@@ -33,7 +33,8 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from pytest_qtests.gate.checks import check_accuracy, parse_tolerance
+from pytest_qtests.gate.checks import check_accuracy
+from pytest_qtests.gate.tolerances import parse_tolerance
 from pytest_qtests.gate.stats import (
     degrade,
     difficulty_model_variances,

@@ -47,8 +47,11 @@ def cli_hooks(directory: Path) -> Any:
     return manager.hook
 
 
-def register_hooked_tasks(hooks: Any) -> None:
-    """Tasks from ``pytest_qtests_register_tasks`` implementations, before ``--tasks`` is resolved."""
+def register_hooked_extensions(hooks: Any) -> None:
+    """Tasks and engines from ``pytest_qtests_register_tasks`` / ``pytest_qtests_register_backends``
+    implementations, before ``--tasks`` and ``--backend`` are resolved."""
+    from pytest_qtests.engines.registry import register_user_backend
     from pytest_qtests.tasks.registry import register_user_task
 
     call_hook(hooks.pytest_qtests_register_tasks, register=register_user_task)
+    call_hook(hooks.pytest_qtests_register_backends, register=register_user_backend)

@@ -21,10 +21,8 @@ Register a task with its own grader::
 
 Add an engine (``--backend sglang``)::
 
-    def pytest_qtests_make_backend(name, variant, config):
-        if name == "sglang":
-            return SGLangBackend(variant.source, max_tokens=config.sampling.max_tokens)
-        return None  # not mine: the next implementation, then the built-in engines, decide
+    def pytest_qtests_register_backends(register):
+        register("sglang", lambda config, variant: SGLangBackend(variant.source, config.sampling.max_tokens))
 
 Receive the final results (the ``results.json`` document, whether or not ``--qt-report`` is given)::
 
@@ -36,11 +34,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-import pytest
-
 if TYPE_CHECKING:
-    from pytest_qtests.options import RunConfig
-    from pytest_qtests.records import VariantSpec
+    from pytest_qtests.engines.registry import BackendFactory
     from pytest_qtests.tasks.registry import Task
 
 
@@ -50,15 +45,13 @@ def pytest_qtests_register_tasks(register: Callable[[Task], None]) -> None:
     per session, before the command line's tasks are looked up."""
 
 
-@pytest.hookspec(firstresult=True)
-def pytest_qtests_make_backend(name: str, variant: VariantSpec, config: RunConfig) -> Any:
-    """Return an engine for ``--backend NAME`` and ``variant``, or None to leave it to the next
-    implementation and finally to the built-in engines. The engine implements
-    :class:`pytest_qtests.engines.base.Backend`: ``name``, ``engine_version()``, ``generate(requests,
-    progress)`` returning one :class:`~pytest_qtests.records.GenerationRecord` per request (build them
-    with :func:`pytest_qtests.engines.base.make_record`), and ``close()``; a ``tokenizer`` attribute, if
-    it has one, renders the chat template. It is created lazily, once per variant, when the variant's
-    first test needs it."""
+def pytest_qtests_register_backends(register: Callable[[str, BackendFactory], None]) -> None:
+    """Add engines with ``register(NAME, factory)``; then ``--backend NAME`` builds each model's engine
+    with ``factory(config, variant)`` (the run's :class:`~pytest_qtests.settings.RunConfig` and one
+    :class:`~pytest_qtests.records.VariantSpec`), lazily, once per model, when its first test needs it.
+    The engine implements :class:`pytest_qtests.engines.base.Backend` (``generate``, ``engine_version``,
+    ``device_info``, ``close``) and declares what it can do as ``capabilities``; see the README's
+    "Another engine". Called once per session, before ``--backend`` is checked; a built-in name is refused."""
 
 
 def pytest_qtests_results(results: dict[str, Any]) -> None:

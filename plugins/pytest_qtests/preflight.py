@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pytest_qtests.engines.replay_backend import replay_path
 from pytest_qtests.store.baselines import load_baseline
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.audit.policies import parse_policy
 from pytest_qtests.records import QtestsError
 from pytest_qtests.tasks.loaders import TaskData, load_task

@@ -11,13 +11,35 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, TypeVar
 
 FinishReason = Literal["stop", "length", "error"]
+R = TypeVar("R", bound="DictRecord")
 
 
 class QtestsError(Exception):
     """A user-facing error: one line that names the problem and the fix. Never shown with a traceback."""
+
+
+def known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` that name a field of the dataclass ``cls``.
+
+    Records are read back from caches, baselines and worker files that a newer qtests may have written
+    with fields this one does not know; those are dropped rather than refused.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+class DictRecord:
+    """A dataclass record that round-trips through a JSON-ready dict (``to_dict`` / ``from_dict``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        return cls(**known_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -29,15 +51,9 @@ class VariantSpec:
     revision: str | None = None
     trust_remote_code: bool = False
 
-    @property
-    def is_local(self) -> bool:
-        from pathlib import Path
-
-        return Path(self.source).exists()
-
 
 @dataclass(frozen=True)
-class SamplingParams:
+class SamplingParams(DictRecord):
     """Decoding settings; part of every fingerprint and cache key."""
 
     temperature: float = 0.0
@@ -46,9 +62,6 @@ class SamplingParams:
     min_p: float = 0.0
     max_tokens: int = 256
     seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ class GenerationRequest:
 
 
 @dataclass
-class GenerationRecord:
+class GenerationRecord(DictRecord):
     """What an engine produced for one request; everything later stages need and nothing engine-specific."""
 
     item_id: str
@@ -97,17 +110,9 @@ class GenerationRecord:
     token_ids: list[int] | None = None
     error: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 @dataclass
-class ItemOutcome:
+class ItemOutcome(DictRecord):
     """The graded result of one sample: the unit every statistic is computed from."""
 
     item_id: str
@@ -121,11 +126,3 @@ class ItemOutcome:
     degenerate: bool = False
     degenerate_reasons: list[str] = field(default_factory=list)
     error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ItemOutcome:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})

@@ -16,6 +16,16 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` is spelled as a hub model id (``ORG/NAME``).
+
+    Asked only of a source that is not an existing path: it tells a hub id from a local path that does
+    not exist (``./out/int4``, ``/data/ckpt``), so a typo in a path is reported as a missing path
+    rather than sent to the hub.
+    """
+    return bool(_HUB_ID.match(source))
+
+
 def parse_variant(text: str, base_dir: Path | None = None, trust_remote_code: bool = False) -> VariantSpec:
     """One spec. A relative path is resolved against ``base_dir`` (the suite file's folder) when given."""
     text = text.strip()
@@ -39,7 +49,7 @@ def parse_variant(text: str, base_dir: Path | None = None, trust_remote_code: bo
                 "no revisions (it would be ignored): drop '@" + revision + "' or pass the hub id ORG/NAME@REVISION"
             )
         source = str(local.resolve())
-    elif not _HUB_ID.match(source):
+    elif not is_hub_id(source):
         raise QtestsError(
             f"model {source!r} is neither an existing directory nor a hub id (ORG/NAME): check the path"
         )

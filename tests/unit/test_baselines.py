@@ -105,6 +105,7 @@ def test_round_trip(tmp_path):
     assert load_baseline(str(path), tmp_path) == baseline  # by path, no task needed
     assert load_baseline(str(path.parent), tmp_path) == baseline  # a folder with one task
     assert [p.name for p in path.parent.iterdir()] == ["gsm8k.json"]  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o644  # readable like any file (CI artifacts, a shared runner)
 
 
 def test_save_replaces_an_existing_baseline(tmp_path):

@@ -26,6 +26,16 @@ def paired_counts(draw, max_n: int = 400):
 
 
 # -------------------------------------------------------------------------------------------------
+# Mean
+
+
+def test_mean_or_none_is_the_share_of_true_values_and_none_without_data():
+    assert stats.mean_or_none(iter([True, False, True, True])) == 0.75
+    assert stats.mean_or_none([2, 3.5]) == 2.75
+    assert stats.mean_or_none([]) is None
+
+
+# -------------------------------------------------------------------------------------------------
 # Wilson
 
 

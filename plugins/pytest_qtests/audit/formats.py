@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 from pytest_qtests.records import QtestsError
 
-UNQUANTIZED = "16bit"
+UNQUANTIZED = "16bit"  # the format name of a module stored as a float of 16 bits or more
 
 # A module path inside the text decoder's repeated blocks; group 1 is the path relative to the block.
 TEXT_BLOCK = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?(?:layers|h|blocks)\.\d+\.(.+)$")
 
 
 @dataclass(frozen=True)
-class Expectation:
+class ConfiguredStorage:
     """How the config says one module is stored; ``reason`` names the config entry that decided it."""
 
     quantized: bool
@@ -39,12 +39,12 @@ class QuantConfig(Protocol):
     summary: str
     notes: tuple[str, ...]
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         """The config's verdict for one module; None where the config says nothing about it."""
 
 
-def _unquantized(reason: str) -> Expectation:
-    return Expectation(False, UNQUANTIZED, None, None, reason)
+def _unquantized(reason: str) -> ConfiguredStorage:
+    return ConfiguredStorage(False, UNQUANTIZED, None, None, reason)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -73,7 +73,7 @@ class PlainConfig:
     summary: str = "no quantization config (plain checkpoint)"
     notes: tuple[str, ...] = ()
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         return _unquantized("no quantization config")
 
 
@@ -85,7 +85,7 @@ class UnknownConfig:
     summary: str
     notes: tuple[str, ...]
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         return None
 
 
@@ -129,7 +129,7 @@ class AutoRoundConfig:
             return any(module.startswith(block + ".") for block in self.blocks)
         return TEXT_BLOCK.match(module) is not None
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         if not is_linear:  # auto-round quantizes linear layers only; its regexes skip the rest
             return None
         override, reason = self.exact.get(module), f'extra_config["{module}"]'
@@ -147,7 +147,7 @@ class AutoRoundConfig:
         if fmt == UNQUANTIZED:
             return _unquantized(reason)
         group = _int_or_none(override.get("group_size", self.group_size))
-        return Expectation(True, fmt, bits, group, reason if override else "global scheme")
+        return ConfiguredStorage(True, fmt, bits, group, reason if override else "global scheme")
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class GptqConfig:
         summary = f"gptq int{bits} g{group_size or '-'}" + (" desc_act" if config.get("desc_act") else "")
         return cls("gptq", summary, (), bits, group_size, in_block, tuple(rules), bool(config.get("lm_head")))
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         if not is_linear:
             return None
         block = TEXT_BLOCK.match(module)
@@ -196,8 +196,8 @@ class GptqConfig:
                     return _unquantized(f'dynamic["{key}"]')
                 bits = int(override.get("bits", self.bits))
                 group = _int_or_none(override.get("group_size", self.group_size))
-                return Expectation(True, f"int{bits}", bits, group, f'dynamic["{key}"]')
-        return Expectation(True, f"int{self.bits}", self.bits, self.group_size, "global scheme")
+                return ConfiguredStorage(True, f"int{bits}", bits, group, f'dynamic["{key}"]')
+        return ConfiguredStorage(True, f"int{self.bits}", self.bits, self.group_size, "global scheme")
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class CompressedTensorsConfig:
     method: str
     summary: str
     notes: tuple[str, ...]
-    groups: tuple[tuple[str, tuple[str, ...], Expectation], ...]
+    groups: tuple[tuple[str, tuple[str, ...], ConfiguredStorage], ...]
     ignore: tuple[str, ...]
 
     @classmethod
@@ -226,7 +226,7 @@ class CompressedTensorsConfig:
             fmt = _ct_format(weights, group.get("format") or top_format)
             group_size = _int_or_none(weights.get("group_size"))
             bits = int(weights.get("num_bits", 0)) or None
-            expectation = Expectation(True, fmt, bits, group_size, name, _block(weights.get("block_structure")))
+            expectation = ConfiguredStorage(True, fmt, bits, group_size, name, _block(weights.get("block_structure")))
             targets = tuple(group.get("targets") or ())
             notes += [f"target class {t!r} of {name} cannot be resolved from headers" for t in _odd(targets)]
             groups.append((name, targets, expectation))
@@ -235,7 +235,7 @@ class CompressedTensorsConfig:
         summary = f"compressed-tensors {formats} ({top_format})"
         return cls("compressed-tensors", summary, tuple(notes), tuple(groups), ignore)
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         for entry in self.ignore:
             if _ct_match(entry, module, is_linear):
                 return _unquantized(f'ignore["{entry}"]')
@@ -288,7 +288,7 @@ class Fp8Config:
         summary = "fp8 " + ("x".join(map(str, block)) + " blocks" if block else "per-tensor")
         return cls("fp8", summary, (), tuple(config.get("modules_to_not_convert") or ()), _block(block))
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         if not is_linear:
             return None
         for key in self.not_convert:
@@ -296,7 +296,7 @@ class Fp8Config:
                 return _unquantized(f'modules_to_not_convert["{key}"]')
         if module.rsplit(".", 1)[-1] == "lm_head":
             return _unquantized("lm_head is never converted")
-        return Expectation(True, "fp8", 8, None, "global scheme", self.block_size)
+        return ConfiguredStorage(True, "fp8", 8, None, "global scheme", self.block_size)
 
 
 # ModelOpt quant_algo values to (format, bits).
@@ -334,7 +334,7 @@ class ModelOptConfig:
         summary = f"modelopt {algo}" + (f" g{group_size}" if group_size else "")
         return cls("modelopt", summary, (), algo, group_size, exclude, layers)
 
-    def expect(self, module: str, is_linear: bool) -> Expectation | None:
+    def expect(self, module: str, is_linear: bool) -> ConfiguredStorage | None:
         if not is_linear:
             return None
         for pattern in self.exclude:
@@ -350,7 +350,7 @@ class ModelOptConfig:
         if algo not in MODELOPT_ALGOS:
             raise QtestsError(f"ModelOpt layer {module} has unknown quant_algo {algo!r}")
         fmt, bits = MODELOPT_ALGOS[algo]
-        return Expectation(True, fmt, bits, _int_or_none(group), reason)
+        return ConfiguredStorage(True, fmt, bits, _int_or_none(group), reason)
 
 
 def parse_quant_config(configs: dict[str, dict[str, Any]], module_names: frozenset[str]) -> QuantConfig:

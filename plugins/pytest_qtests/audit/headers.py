@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_qtests.records import QtestsError
+from pytest_qtests.variants import is_hub_id
 
 # The only files the audit reads besides safetensors headers.
 CONFIG_FILES: tuple[str, ...] = (
@@ -33,8 +33,6 @@ DTYPE_BITS: dict[str, int] = {
     "I64": 64, "U64": 64, "F64": 64, "C64": 64,
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ def read_headers(checkpoint: str | Path, revision: str | None = None) -> Checkpo
         return _read_local(path)
     if path.exists():
         raise QtestsError(f"{checkpoint} is a file; pass the checkpoint directory that holds config.json")
-    if HUB_ID.match(str(checkpoint)):
+    if is_hub_id(str(checkpoint)):
         return _read_hub(str(checkpoint), revision)
     raise QtestsError(f"no checkpoint at {checkpoint}: not a directory and not a hub id (ORG/NAME)")
 

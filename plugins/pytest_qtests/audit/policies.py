@@ -15,9 +15,9 @@ from pytest_qtests.audit.checkpoint import (
     DENSE_MLP, LINEAR_ATTN, LM_HEAD, MODULE_CLASSES, ROUTED_EXPERTS, ROUTER, SELF_ATTN, SHARED_EXPERT,
     AuditReport, ModuleAudit,
 )
+from pytest_qtests.audit.formats import UNQUANTIZED
 from pytest_qtests.records import QtestsError
 
-UNQUANTIZED = "16bit"
 NAMED_POLICIES: dict[str, tuple[tuple[str, ...], str]] = {
     "keep-shared-expert": ((SHARED_EXPERT,), UNQUANTIZED),
     "keep-linear-attn": ((LINEAR_ATTN,), UNQUANTIZED),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pytest_qtests.audit.formats import Expectation
+from pytest_qtests.audit.formats import ConfiguredStorage
 from pytest_qtests.audit.headers import DTYPE_BITS, TensorHeader
 
 # Tensor name suffixes that belong to a module; any other tensor is a module of its own
@@ -69,7 +69,7 @@ def is_linear_module(roles: dict[str, TensorHeader], last_name: str, is_experts:
     return len(weight.shape) == 2 or (len(weight.shape) == 3 and is_experts)
 
 
-def describe_storage(roles: dict[str, TensorHeader], expected: Expectation | None) -> Storage:
+def describe_storage(roles: dict[str, TensorHeader], expected: ConfiguredStorage | None) -> Storage:
     """Format, bits, group size and logical parameter count of one module from its tensors."""
     bias = roles["bias"].numel if "bias" in roles else 0
     if "qweight" in roles:
@@ -110,7 +110,7 @@ def _group(in_features: int, groups: int, configured: int | None) -> tuple[int |
     return None, "channel"
 
 
-def _gptq_packed(roles: dict[str, TensorHeader], expected: Expectation | None, bias: int) -> Storage:
+def _gptq_packed(roles: dict[str, TensorHeader], expected: ConfiguredStorage | None, bias: int) -> Storage:
     """GPTQ/auto-round ``qweight`` [in*bits/32, out] (AWQ: [in, out*bits/32]); bits from ``qzeros``."""
     qweight, scales, qzeros = roles["qweight"], roles.get("scales"), roles.get("qzeros")
     word = DTYPE_BITS[qweight.dtype]
@@ -129,11 +129,11 @@ def _gptq_packed(roles: dict[str, TensorHeader], expected: Expectation | None, b
     return Storage(f"int{bits}", bits, group, granularity, params)
 
 
-def _configured(expected: Expectation | None) -> int | None:
+def _configured(expected: ConfiguredStorage | None) -> int | None:
     return expected.group_size if expected is not None and expected.quantized else None
 
 
-def _ct_packed(roles: dict[str, TensorHeader], expected: Expectation | None, bias: int) -> Storage:
+def _ct_packed(roles: dict[str, TensorHeader], expected: ConfiguredStorage | None, bias: int) -> Storage:
     """compressed-tensors ``weight_packed``: uint8 holds two fp4 values, int32 holds 32/bits ints."""
     packed, scale = roles["weight_packed"], roles.get("weight_scale")
     rows = math.prod(packed.shape[:-1])
@@ -149,7 +149,7 @@ def _ct_packed(roles: dict[str, TensorHeader], expected: Expectation | None, bia
     return _grouped(f"int{bits}", bits, in_features, scale, rows * in_features + bias, _configured(expected))
 
 
-def _fp8(weight: TensorHeader, scale: TensorHeader | None, expected: Expectation | None, bias: int) -> Storage:
+def _fp8(weight: TensorHeader, scale: TensorHeader | None, expected: ConfiguredStorage | None, bias: int) -> Storage:
     """Per-tensor, per-channel or block scales; block sizes come from the config when it gives them."""
     params = weight.numel + bias
     block = expected.block_size if expected is not None else None
@@ -162,7 +162,7 @@ def _fp8(weight: TensorHeader, scale: TensorHeader | None, expected: Expectation
     return Storage("fp8", 8, None, "x".join(map(str, block)), params)
 
 
-def _byte_weight(weight: TensorHeader, scale: TensorHeader, expected: Expectation | None, bias: int) -> Storage:
+def _byte_weight(weight: TensorHeader, scale: TensorHeader, expected: ConfiguredStorage | None, bias: int) -> Storage:
     """Byte-typed ``weight`` with scales (ModelOpt, int-quantized): fp8 scales mean NVFP4, byte
     scales MXFP4, an 8-bit config int8, otherwise two int4 values per byte (ModelOpt AWQ)."""
     rows, group = math.prod(weight.shape[:-1]), _configured(expected)

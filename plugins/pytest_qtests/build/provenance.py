@@ -11,13 +11,11 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pytest_qtests.build.recipes import Calibration, QuantizeSettings, Recipe
 from pytest_qtests.packages import installed_version
 from pytest_qtests.records import QtestsError
-
-if TYPE_CHECKING:
-    from pytest_qtests.build.quantize import Calibration, QuantizeSettings, Recipe
 
 PROVENANCE_FILE = "qtests_provenance.json"
 PROVENANCE_VERSION = 1

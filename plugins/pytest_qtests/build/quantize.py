@@ -2,9 +2,9 @@
 
 The field's lesson is that which layers stay 16-bit matters as much as the format: the MoE shared
 expert and linear attention (Gated DeltaNet) are fragile, the router and ``lm_head`` are tiny. A
-recipe is therefore a set of the audit's module classes kept 16-bit, stated with the audit's own
-policies (:data:`pytest_qtests.audit.policies.NAMED_POLICIES`), so the module knowledge lives in one place
-and the finished checkpoint is checked against the recipe by the same audit users run.
+recipe (``recipes.py``) is therefore a set of the audit's module classes kept 16-bit, stated with the
+audit's own policies, and the finished checkpoint is checked against the recipe by the same audit users
+run (:func:`audit_recipe`).
 
 The model is loaded once into CPU memory; auto-round then quantizes block by block (one decoder
 layer's calibration inputs at a time, on the GPU when there is one) and, with its default
@@ -20,71 +20,18 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from pytest_qtests.audit.checkpoint import SHARED_EXPERT_GATE, classify
-from pytest_qtests.audit.policies import NAMED_POLICIES
+from pytest_qtests.audit.checkpoint import AuditReport, audit, classify
+from pytest_qtests.audit.policies import PolicyResult, evaluate_policy
 from pytest_qtests.build.provenance import PROVENANCE_FILE, plan_provenance, sha256_file
+from pytest_qtests.build.recipes import (
+    FORMATS, INTEGER_SCHEMES, RECIPES, SCHEMES, Calibration, QuantizeSettings, Recipe,
+)
 from pytest_qtests.records import QtestsError
-from pytest_qtests.report.files import atomic_write
-
-SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16")
-FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "llm_compressor")
-INTEGER_SCHEMES: tuple[str, ...] = ("W2A16", "W3A16", "W4A16", "W8A16")  # the only ones with a free group size
-DEFAULT_SEED = 0
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A named layer choice: the audit classes kept 16-bit, and the audit policies that prove it."""
-
-    name: str
-    policies: tuple[str, ...]
-    description: str
-    extra_classes: tuple[str, ...] = ()
-
-    @property
-    def kept_classes(self) -> tuple[str, ...]:
-        classes = [c for policy in self.policies for c in NAMED_POLICIES[policy][0]] + list(self.extra_classes)
-        return tuple(dict.fromkeys(classes))
-
-
-RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
-    Recipe("default", (), "auto-round's own layer choice"),
-    # the shared expert's scalar gate goes with it: one tiny linear that scales the whole expert
-    Recipe("keep-shared-expert", ("keep-shared-expert",), "MoE shared expert (and its gate) kept 16-bit",
-           (SHARED_EXPERT_GATE,)),
-    Recipe("keep-linear-attn", ("keep-linear-attn",), "linear attention (Gated DeltaNet) kept 16-bit"),
-    Recipe("keep-attn", ("keep-attn",), "all attention kept 16-bit, like Qwen's official GPTQ releases"),
-    Recipe("recommended", ("keep-shared-expert", "keep-linear-attn", "keep-router", "keep-lm-head"),
-           "shared expert, linear attention, router and lm_head kept 16-bit", (SHARED_EXPERT_GATE,)),
-)}
-
-
-@dataclass(frozen=True)
-class QuantizeSettings:
-    """Everything that determines the checkpoint (the provenance's ``settings``; equal settings, equal bytes)."""
-
-    scheme: str
-    recipe: str
-    export_format: str = "auto_round"
-    iters: int = 0
-    nsamples: int = 128
-    seqlen: int = 2048
-    group_size: int | None = None  # None: the scheme's own
-    seed: int = DEFAULT_SEED
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The calibration data as auto-round reads it: a JSONL file of ``{"text": ...}`` lines."""
-
-    source: str  # what the user named: a task or a file
-    path: Path
-    sha256: str
-
+from pytest_qtests.store.atomic import atomic_write
 
 def check_request(settings: QuantizeSettings) -> Recipe:
     """Validate scheme, recipe, format and group size before any model is loaded; returns the recipe."""
@@ -140,22 +87,46 @@ def prepare_calibration(spec: str | None, tokenizer: Any, settings: QuantizeSett
     if path.suffix == ".jsonl" or path.is_file():
         if not path.is_file():
             raise QtestsError(f"calibration file {path} does not exist; pass a JSONL file or a task name")
-        _check_calibration_file(path)
+        _check_calibration_file(path, tokenizer, settings.seqlen)
         return Calibration(str(spec), path.resolve(), sha256_file(path))
     target = scratch / "calibration.jsonl"
     write_task_calibration(spec, tokenizer, settings, target)
     return Calibration(f"task {spec}", target, sha256_file(target))
 
 
-def _check_calibration_file(path: Path) -> None:
+def _check_calibration_file(path: Path, tokenizer: Any, seqlen: int) -> None:
+    """Each line a ``{"text": ...}`` object, and at least one reaching ``seqlen`` tokens: auto-round drops
+    shorter samples, and with none left it only logs "no data has been cached" and fails later."""
+    longest = 0
     with path.open() as handle:
-        first = handle.readline()
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise QtestsError(f"calibration file {path}: each line must be a JSON object with a \"text\" string")
+            longest = max(longest, len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]))
+            if longest >= seqlen:
+                return
+    raise QtestsError(f"calibration file {path}: no line reaches --seqlen {seqlen} tokens (the longest has {longest}), "
+                      f"and auto-round drops shorter samples; pass --seqlen {longest} or less, or pack longer lines")
+
+
+def fit_to_context(settings: QuantizeSettings, model: str) -> QuantizeSettings:
+    """``settings`` with ``seqlen`` clamped to the model's context: auto-round cannot calibrate on positions
+    the model was not built for (the default 2048 exceeds many small models' context)."""
+    from transformers import AutoConfig
+
+    from pytest_qtests.engines.transformers_backend import context_length
+
     try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        row = None
-    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise QtestsError(f"calibration file {path}: each line must be a JSON object with a \"text\" string")
+        context = context_length(AutoConfig.from_pretrained(model))
+    except (OSError, ValueError) as error:
+        raise QtestsError(f"cannot read the config of {model}: {str(error).splitlines()[0]}") from None
+    if context is None or settings.seqlen <= context:
+        return settings
+    return replace(settings, seqlen=context)
 
 
 def write_task_calibration(spec: str, tokenizer: Any, settings: QuantizeSettings, target: Path) -> None:
@@ -212,6 +183,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
     the recipe promised (checked with the audit's policies on the staged checkpoint).
     """
     recipe = check_request(settings)
+    settings = fit_to_context(settings, model)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QtestsError(f"{out} is a file; -o takes the checkpoint directory to write")
@@ -304,12 +276,19 @@ def unpin_offline_loading(checkpoint: Path) -> bool:
     return True
 
 
-def _verify_recipe(checkpoint: Path, recipe: Recipe) -> None:
-    from pytest_qtests.audit.checkpoint import audit
-    from pytest_qtests.audit.policies import evaluate_policy
+def audit_recipe(checkpoint: Path, recipe: Recipe) -> tuple[AuditReport, list[PolicyResult]]:
+    """The audit of ``checkpoint`` and the verdict of each of the recipe's policies on it.
 
+    The build checks these on the staged checkpoint before anything is written; ``qtests quantize``
+    prints them for the finished one.
+    """
     report = audit(checkpoint)
-    failed = [result.message for result in (evaluate_policy(report, p) for p in recipe.policies) if not result.passed]
+    return report, [evaluate_policy(report, policy) for policy in recipe.policies]
+
+
+def _verify_recipe(checkpoint: Path, recipe: Recipe) -> None:
+    _, results = audit_recipe(checkpoint, recipe)
+    failed = [result.message for result in results if not result.passed]
     if failed:
         raise QtestsError(f"auto-round did not honour recipe {recipe.name}: {failed[0]}; nothing was written")
 

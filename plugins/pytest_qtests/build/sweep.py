@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pytest_qtests.build.provenance import plan_provenance, read_provenance, same_build
-from pytest_qtests.build.quantize import RECIPES, SCHEMES, QuantizeSettings, check_request, prepare_calibration, quantize
+from pytest_qtests.build.quantize import check_request, fit_to_context, prepare_calibration, quantize
+from pytest_qtests.build.recipes import RECIPES, SCHEMES, QuantizeSettings
+from pytest_qtests.engines.registry import BACKENDS
+from pytest_qtests.gate.stats import mean_or_none
+from pytest_qtests.options import GateOptions, build_config
 from pytest_qtests.records import QtestsError, VariantSpec
 
 REFERENCE_LABEL = "reference"
+SWEEP_BACKENDS = ("transformers", "vllm")  # the engines that load local checkpoints (not openai, not replay)
 GATE_CHECKS = ("degenerate", "accuracy", "truncation", "length")
 
 
@@ -104,14 +109,15 @@ def _already_built(model: str, point: SweepPoint, settings: QuantizeSettings, ca
 
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = AutoTokenizer.from_pretrained(model) if calibration else None
+        settings = fit_to_context(settings, model)  # as quantize() records it
         calib = prepare_calibration(calibration, tokenizer, settings, Path(scratch))
         return same_build(existing, plan_provenance(model, settings, RECIPES[settings.recipe], calib))
 
 
-def gate_options(model: str, points: Sequence[SweepPoint], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The plugin's option mapping for a session with the model as reference and every point as a variant."""
-    return {**options, "qt_reference": f"{REFERENCE_LABEL}={model}",
-            "qt_models": [f"{p.label}={p.path}" for p in points] or None}
+def gate_options(model: str, points: Sequence[SweepPoint], options: GateOptions) -> GateOptions:
+    """The user's gate options for a session with the model as reference and every point as a variant."""
+    return replace(options, reference=f"{REFERENCE_LABEL}={model}",
+                   models=[f"{p.label}={p.path}" for p in points] or None)
 
 
 def evaluate_points(session: Any, points: Sequence[SweepPoint], builds: Mapping[str, tuple[str, float]],
@@ -142,8 +148,8 @@ def _reference_row(session: Any, reference: VariantSpec, task: str) -> SweepRow:
     run = session.run(reference, task)
     outcomes = run.outcomes
     return SweepRow(REFERENCE_LABEL, None, None, task, footprint, bits,
-                    accuracy=_share(o.correct for o in outcomes), delta_accuracy=0.0,
-                    truncation=_share(o.truncated for o in outcomes), delta_truncation=0.0, length_ratio=1.0,
+                    accuracy=mean_or_none(o.correct for o in outcomes), delta_accuracy=0.0,
+                    truncation=mean_or_none(o.truncated for o in outcomes), delta_truncation=0.0, length_ratio=1.0,
                     verdict="reference")
 
 
@@ -169,11 +175,6 @@ def _variant_row(session: Any, point: SweepPoint, variant: VariantSpec, task: st
     return row
 
 
-def _share(values: Any) -> float | None:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else None
-
-
 def mark_pareto(rows: list[SweepRow]) -> None:
     """Mark, per task, the variants no other variant beats on footprint, Δaccuracy and Δtruncation at once,
     and the smallest variant that passed the gate."""
@@ -197,21 +198,22 @@ def _dominates(a: SweepRow, b: SweepRow) -> bool:
 
 
 def run_sweep(model: str, points: Sequence[SweepPoint], base: QuantizeSettings, calibration: str | None,
-              gate: Mapping[str, Any], report_dir: Path | None = None,
+              gate: GateOptions, report_dir: Path | None = None,
               log: Callable[[str], None] = print) -> tuple[list[SweepRow], dict[str, float]]:
     """Build, audit and gate every point; returns the rows and the wall time of each phase."""
-    from pytest_qtests.options import build_config
+    from pytest_qtests.hooks import call_hook, cli_hooks, register_hooked_extensions
     from pytest_qtests.session import GateSession
 
-    from pytest_qtests.hooks import cli_hooks, register_hooked_tasks
-
-    hooks = cli_hooks(Path.cwd())  # the conftest.py pytest would use here: its tasks and engines
-    register_hooked_tasks(hooks)
-    build_config(gate_options(model, [], gate))  # bad gate flags fail in a second, before any build
+    hooks = cli_hooks(Path.cwd())  # the conftest.py pytest would use here: its tasks, engines and results hook
+    register_hooked_extensions(hooks)
+    backend = build_config(gate_options(model, [], gate)).backend  # bad gate flags fail in a second, before any build
+    if backend in BACKENDS and backend not in SWEEP_BACKENDS:  # an engine a hook added is trusted to load them
+        raise QtestsError(f"--backend {backend} cannot load the checkpoints a sweep builds: "
+                          f"use --backend {' or '.join(SWEEP_BACKENDS)}")
     started = time.perf_counter()
     builds = build_points(model, points, base, calibration, log)
     built = time.perf_counter()
-    session = GateSession(build_config(gate_options(model, points, gate)), hooks=hooks)
+    session = GateSession(build_config(gate_options(model, points, gate)))
     try:
         rows = evaluate_points(session, points, builds, log)
         evaluated = time.perf_counter()
@@ -219,6 +221,10 @@ def run_sweep(model: str, points: Sequence[SweepPoint], base: QuantizeSettings, 
             from pytest_qtests.report.files import write_reports
 
             write_reports(session, report_dir)
+        if hooks.pytest_qtests_results.get_hookimpls():
+            from pytest_qtests.report.files import results_of
+
+            call_hook(hooks.pytest_qtests_results, results=results_of(session))
     finally:
         session.close()
     return rows, {"quantize_s": built - started, "evaluate_s": evaluated - built}

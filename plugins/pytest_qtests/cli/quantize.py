@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from pytest_qtests.build.provenance import PROVENANCE_FILE
-from pytest_qtests.build.quantize import FORMATS, RECIPES, SCHEMES, QuantizeSettings, check_request, quantize
+from pytest_qtests.build.quantize import audit_recipe, check_request, quantize
+from pytest_qtests.build.recipes import FORMATS, RECIPES, SCHEMES, QuantizeSettings
 
 
 def add_quantize_options(parser: argparse.ArgumentParser) -> None:
@@ -47,15 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pytest_qtests.audit.checkpoint import audit
     from pytest_qtests.cli.audit import format_report
-    from pytest_qtests.audit.policies import evaluate_policy
 
     settings = settings_from(args, args.scheme, args.recipe)
     recipe = check_request(settings)  # fail in a second, before any model is loaded
     provenance = quantize(args.model, args.output, settings, args.calibration, overwrite=args.overwrite)
-    report = audit(args.output)
-    results = [evaluate_policy(report, policy) for policy in recipe.policies]
+    report, results = audit_recipe(args.output, recipe)
     print(format_report(report, results), end="")
     print(f"{len(provenance['kept_modules'])} modules kept 16-bit by recipe {recipe.name}; "
           f"provenance: {args.output / PROVENANCE_FILE}")

@@ -1,47 +1,84 @@
-"""Engines behind one interface: ``generate(requests) -> records``. ``create_backend`` picks one."""
+"""Engines by name: ``create_backend`` builds the one a run asks for; ``register_backend`` adds another.
+
+A factory takes the run's settings and one variant and returns a (lazily loading) :class:`Backend`. The
+built-in engines are registered here with factories that import their module only when called, so
+importing qtests imports neither vLLM nor transformers (a fully cached re-run never does).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pytest_qtests.records import QtestsError, VariantSpec
 
 if TYPE_CHECKING:
-    from pytest_qtests.options import RunConfig
+    from pytest_qtests.engines.base import Backend
+    from pytest_qtests.settings import RunConfig
 
-BACKENDS = ("transformers", "vllm", "openai", "replay")
+BackendFactory = Callable[["RunConfig", VariantSpec], "Backend"]
+
+_FACTORIES: dict[str, BackendFactory] = {}
 
 
-def create_backend(config: RunConfig, variant: VariantSpec, hooks: Any = None) -> Any:
-    """A new (lazily loading) engine for ``variant`` as the run's settings ask; implementations of the
-    ``pytest_qtests_make_backend`` hook are asked first."""
-    if hooks is not None:
-        from pytest_qtests.hooks import call_hook
+def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
+    """Make ``--backend NAME`` (``RunConfig(backend=NAME)``) build its engines with ``factory``.
 
-        made = call_hook(hooks.pytest_qtests_make_backend, name=config.backend, variant=variant, config=config)
-        if made is not None:
-            return made
-    if config.backend == "transformers":
-        from pytest_qtests.engines.transformers_backend import TransformersBackend
+    Registering a taken name is refused unless ``replace`` is set, so two plugins cannot silently
+    shadow each other's engine.
+    """
+    if not name or not isinstance(name, str):
+        raise QtestsError(f"a backend name must be a non-empty string, got {name!r}")
+    if name in _FACTORIES and not replace:
+        raise QtestsError(f"backend {name!r} is already registered: pick another name, or pass replace=True")
+    _FACTORIES[name] = factory
 
-        return TransformersBackend(variant, dtype=config.dtype, batch_size=config.batch_size)
-    if config.backend == "vllm":
-        from pytest_qtests.engines.vllm_backend import VLLMBackend
 
-        dtype = "bfloat16" if config.dtype == "auto" else config.dtype
-        return VLLMBackend(variant, engine_args=config.engine_args, dtype=dtype)
-    if config.backend == "openai":
-        from pytest_qtests.engines.openai_backend import OpenAIBackend
+def register_user_backend(name: str, factory: BackendFactory) -> None:
+    """What the ``pytest_qtests_register_backends`` hook's ``register`` does: a conftest's engine, which may
+    be registered again (a conftest imported anew), but never in place of a built-in one."""
+    if name in BACKENDS:
+        raise QtestsError(f"backend {name!r} is built in; give yours another name")
+    register_backend(name, factory, replace=True)
 
-        if not config.base_urls:
-            raise QtestsError("--backend openai needs --base-url URL (e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIBackend(variant, base_urls=config.base_urls)
-    if config.backend == "replay":
-        from pytest_qtests.engines.replay_backend import ReplayBackend, replay_path
 
-        return ReplayBackend(replay_path(config, variant), tokenizer=_tokenizer(config.tokenizer))
-    raise QtestsError(f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}, or add it with a "
-                      "pytest_qtests_make_backend hook")
+def backend_names() -> tuple[str, ...]:
+    """Every registered backend, the built-ins first."""
+    return tuple(_FACTORIES)
+
+
+def create_backend(config: RunConfig, variant: VariantSpec) -> Backend:
+    """A new (lazily loading) engine for ``variant`` as the run's settings ask."""
+    factory = _FACTORIES.get(config.backend)
+    if factory is None:
+        raise QtestsError(f"unknown backend {config.backend!r}: choose one of {', '.join(backend_names())}")
+    return factory(config, variant)
+
+
+def _transformers(config: RunConfig, variant: VariantSpec) -> Backend:
+    from pytest_qtests.engines.transformers_backend import TransformersBackend
+
+    return TransformersBackend(variant, dtype=config.dtype, batch_size=config.batch_size)
+
+
+def _vllm(config: RunConfig, variant: VariantSpec) -> Backend:
+    from pytest_qtests.engines.vllm_backend import VLLMBackend
+
+    dtype = "bfloat16" if config.dtype == "auto" else config.dtype
+    return VLLMBackend(variant, engine_args=config.engine_args, dtype=dtype)
+
+
+def _openai(config: RunConfig, variant: VariantSpec) -> Backend:
+    from pytest_qtests.engines.openai_backend import OpenAIBackend
+
+    if not config.base_urls:
+        raise QtestsError("--backend openai needs --base-url URL (e.g. http://127.0.0.1:8000/v1)")
+    return OpenAIBackend(variant, base_urls=config.base_urls)
+
+
+def _replay(config: RunConfig, variant: VariantSpec) -> Backend:
+    from pytest_qtests.engines.replay_backend import ReplayBackend, replay_path
+
+    return ReplayBackend(replay_path(config, variant), tokenizer=_tokenizer(config.tokenizer))
 
 
 def _tokenizer(source: str | None) -> Any:
@@ -55,3 +92,11 @@ def _tokenizer(source: str | None) -> Any:
     except (OSError, ValueError) as error:
         raise QtestsError(f"--tokenizer {source} cannot be loaded ({str(error).splitlines()[0]}); pass a local "
                           "tokenizer directory or a hub id in the local cache") from None
+
+
+register_backend("transformers", _transformers)
+register_backend("vllm", _vllm)
+register_backend("openai", _openai)
+register_backend("replay", _replay)
+
+BACKENDS = backend_names()  # the built-in engines (the command line's choices); backend_names() has any added later

@@ -27,12 +27,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from pytest_qtests.engines.base import ProgressCallback, make_record
+from pytest_qtests.engines.base import EngineCapabilities, ProgressCallback, make_record
 from pytest_qtests.engines.replay_formats import ReplayedOutput, parse_replay_file
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 
 if TYPE_CHECKING:
-    from pytest_qtests.options import RunConfig
+    from pytest_qtests.engines.teacher_forcing import TokenScores
+    from pytest_qtests.settings import RunConfig
 
 TOKENS, WORDS = "tokens", "words"
 
@@ -54,6 +55,8 @@ class ReplayBackend:
     def __init__(self, path: Path | str, tokenizer: Any = None):
         self.path = Path(path)
         self.tokenizer = tokenizer
+        # stored outputs only: nothing to score with and nothing to continue
+        self.capabilities = EngineCapabilities(renders_prompts=tokenizer is not None)
         data = _read_bytes(self.path)
         self._digest = hashlib.sha256(data).hexdigest()
         self.format, outputs = parse_replay_file(data, self.path)
@@ -115,6 +118,9 @@ class ReplayBackend:
             warnings.warn(f"replay file {self.path}: {len(extra)} replayed ids are not items of the task "
                           f"({shown}); they are ignored", UserWarning, stacklevel=2)
         return extra
+
+    def score(self, texts: Sequence[str]) -> list[TokenScores]:
+        raise QtestsError("the replay backend cannot score tokens: use --backend transformers or vllm")
 
     def close(self) -> None:
         """Nothing to release: the outputs are plain data."""

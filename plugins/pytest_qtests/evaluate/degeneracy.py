@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pytest_qtests.records import QtestsError
+from pytest_qtests.records import QtestsError, known_fields
 from pytest_qtests.thinking import THINK_CLOSE, split_thinking
 
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -110,7 +110,7 @@ class DetectorThresholds:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorThresholds:
-        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values = known_fields(cls, data)
         values["allowed_scripts"] = frozenset(values.get("allowed_scripts", ("LATIN",)))
         return cls(**values)
 

@@ -23,7 +23,7 @@ import numpy as np
 from pytest_qtests.evaluate.continuation import Extension
 from pytest_qtests.gate.checks import align_outcomes
 from pytest_qtests.records import ItemOutcome
-from pytest_qtests.gate.stats import paired_binary_test, paired_sign_flip_test, per_item_means
+from pytest_qtests.gate.stats import mean_or_none, paired_binary_test, paired_sign_flip_test, per_item_means
 
 STRATA = ("both_completed", "variant_only_truncated", "reference_only_truncated", "both_truncated")
 STRATUM_TITLES = {
@@ -120,10 +120,6 @@ def stratum_of(reference: ItemOutcome, variant: ItemOutcome) -> str:
     return "both_completed"
 
 
-def _mean(values: Sequence[bool]) -> float | None:
-    return float(np.mean(values)) if len(values) else None
-
-
 def paired_delta_interval(reference: Sequence[ItemOutcome], variant: Sequence[ItemOutcome],
                           alpha: float = 0.05) -> tuple[float, float] | None:
     """Two-sided ``1 - 2*alpha`` interval of the paired accuracy change, items as the unit.
@@ -158,8 +154,8 @@ def truncation_split(reference: Sequence[ItemOutcome], variant: Sequence[ItemOut
         groups[stratum_of(r, v)].append((r, v))
     strata = {}
     for name, pairs in groups.items():
-        ref_acc = _mean([r.correct for r, _ in pairs])
-        var_acc = _mean([v.correct for _, v in pairs])
+        ref_acc = mean_or_none([r.correct for r, _ in pairs])
+        var_acc = mean_or_none([v.correct for _, v in pairs])
         contribution = (len(pairs) / total) * (var_acc - ref_acc) if pairs and total else 0.0
         strata[name] = Stratum(name, len(pairs), ref_acc, var_acc, contribution)
     overall = (sum(v.correct for v in var) - sum(r.correct for r in ref)) / total if total else 0.0

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from pytest_qtests.gate.checks import CheckResult, Tolerance, parse_fail_on, run_checks
+from pytest_qtests.gate.checks import CheckResult, run_checks
+from pytest_qtests.gate.tolerances import Tolerance, parse_fail_on
 from pytest_qtests.records import ItemOutcome, QtestsError
 
 

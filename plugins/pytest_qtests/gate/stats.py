@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 from pytest_qtests.lazy import LazyAttribute
@@ -64,6 +64,15 @@ def _check_alternative(alternative: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # One model
+
+
+def mean_or_none(values: Iterable[float]) -> float | None:
+    """The plain mean of ``values`` (booleans count as 0 and 1): the share of correct or truncated samples.
+
+    ``None`` for no values, so a table shows "no data" instead of a rate of 0 or a division error.
+    """
+    values = [float(value) for value in values]
+    return sum(values) / len(values) if values else None
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -4,15 +4,13 @@
 before it is written, so a consumer (a dashboard, a model card generator) can rely on its shape.
 ``summary.md`` fits ``$GITHUB_STEP_SUMMARY`` or a model card; ``flips.jsonl`` lists the samples whose
 grade differs between reference and variant, with both outputs, so a reader sees *why* accuracy moved;
-``report.html`` is one self-contained page with plots. Every file is written atomically (a temporary
-file in the same directory replaces the target), so a crash never leaves half a report.
+``report.html`` is one self-contained page with plots. Every file is written atomically
+(:func:`pytest_qtests.store.atomic.atomic_write`), so a crash never leaves half a report.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
@@ -23,7 +21,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from pytest_qtests import __version__
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.gate.checks import CheckResult
 from pytest_qtests.records import QtestsError
 from pytest_qtests.report.evidence import (
@@ -41,32 +39,9 @@ from pytest_qtests.report.evidence import (
 from pytest_qtests.report.format import TABLE_COLUMNS, row_verdict, table_cells
 from pytest_qtests.report.html import render_html
 from pytest_qtests.report.truncation import forensics_lines
+from pytest_qtests.store.atomic import atomic_write
 
 RESULTS_SCHEMA_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------------
-# Writing
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    The file is made world-readable (0644) like an ordinary file: CI uploads reports as artifacts.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 def settings_of(config: RunConfig) -> dict[str, Any]:
@@ -195,6 +170,7 @@ def run_document(entry: RunEvidence) -> dict[str, Any]:
         "flips": {"lost": sum(f.direction == "lost" for f in flips), "gained": sum(f.direction == "gained" for f in flips)},
         "fingerprint": entry.fingerprint,
         "truncation_forensics": None if entry.forensics is None else entry.forensics.to_dict(),
+        "diagnosis": None if entry.diagnosis is None else entry.diagnosis.to_dict(),
     }
 
 

@@ -11,8 +11,8 @@ import io
 import json
 from typing import Any, Sequence
 
-from pytest_qtests.cli.audit import _size
 from pytest_qtests.build.sweep import SweepRow
+from pytest_qtests.report.format import format_bytes
 
 COLUMNS = ("variant", "scheme", "recipe", "footprint", "bits/param", "accuracy", "Δaccuracy", "truncation",
            "Δtruncation", "length", "verdict", "pareto")
@@ -32,8 +32,8 @@ def cells(row: SweepRow) -> tuple[str, ...]:
         verdict += f": {row.failed[0]}" if row.failed else ""
     if row.smallest_passing:
         verdict += "  ◀ smallest passing"
-    return (row.label, row.scheme or "bf16", row.recipe or "-", _size(row.footprint_bytes), _num(row.bits_per_param, 2),
-            _num(row.accuracy, 3), _points(row.delta_accuracy), _num(row.truncation, 3), _points(row.delta_truncation),
+    return (row.label, row.scheme or "bf16", row.recipe or "-", format_bytes(row.footprint_bytes),
+            _num(row.bits_per_param, 2), _num(row.accuracy, 3), _points(row.delta_accuracy), _num(row.truncation, 3), _points(row.delta_truncation),
             "-" if row.length_ratio is None else f"{row.length_ratio:.2f}x", verdict, "*" if row.pareto else "")
 
 

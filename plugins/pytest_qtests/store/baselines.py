@@ -12,10 +12,8 @@ inside the baseline directory, so a label or a symlink cannot make qtests write 
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +26,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from pytest_qtests import __version__
+from pytest_qtests.store.atomic import atomic_write
 from pytest_qtests.store.fingerprint import Fingerprint
 from pytest_qtests.records import ItemOutcome, QtestsError
 
@@ -194,9 +193,8 @@ def baseline_path(directory: Path | str, name: str, task: str) -> Path:
 def save_baseline(baseline: Baseline, directory: Path | str = DEFAULT_BASELINE_DIR) -> Path:
     """Validate, then write ``<directory>/<name>/<task>.json`` atomically; returns the path written.
 
-    The document is checked against the schema *before* anything touches disk, and written to a temporary
-    file in the same directory that replaces the target in one step, so a crash or Ctrl-C leaves either
-    the old baseline or the new one, never half of one.
+    The document is checked against the schema *before* anything touches disk, and written atomically,
+    so a crash or Ctrl-C leaves either the old baseline or the new one, never half of one.
     """
     document = baseline.to_dict()
     problem = validate_document(document)
@@ -210,19 +208,7 @@ def save_baseline(baseline: Baseline, directory: Path | str = DEFAULT_BASELINE_D
             "a NaN or infinite setting or metric cannot be compared later, check the run's settings"
         ) from None
     path = baseline_path(directory, baseline.name, baseline.task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
     return path
 
 

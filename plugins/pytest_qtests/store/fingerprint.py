@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pytest_qtests.records import QtestsError, SamplingParams, TaskItem, VariantSpec
+from pytest_qtests.records import DictRecord, QtestsError, SamplingParams, TaskItem, VariantSpec
+from pytest_qtests.variants import is_hub_id
 
 # Files of a checkpoint directory that change what the model generates, besides the weights.
 _CONFIG_FILES = (
@@ -134,11 +135,6 @@ def _local_identity(directory: Path) -> dict[str, Any]:
     }
 
 
-def _looks_like_path(source: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else that does not exist is a missing path."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
-
-
 def _resolved_hub_commit(repo_id: str, revision: str | None) -> str | None:
     """The commit the local Hugging Face cache holds for this revision, if any (never goes online)."""
     from huggingface_hub import snapshot_download
@@ -166,7 +162,7 @@ def model_identity(spec: VariantSpec) -> dict[str, Any]:
         raise QtestsError(
             f"model path {spec.source} is a file: pass the checkpoint directory that holds config.json"
         )
-    if _looks_like_path(spec.source):
+    if not is_hub_id(spec.source):
         raise QtestsError(f"model path {spec.source} does not exist: check the path given to --model")
     revision = spec.revision or "main"
     commit = _resolved_hub_commit(spec.source, spec.revision)
@@ -206,7 +202,7 @@ def _show(value: Any) -> str:
 
 
 @dataclass
-class Fingerprint:
+class Fingerprint(DictRecord):
     """Everything that determined a run's outcomes. ``extra`` (device, timings) is never compared."""
 
     model: dict[str, Any]
@@ -259,14 +255,6 @@ class Fingerprint:
             task_code=dict(task_code or {}),
             extra=dict(extra or {}),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Fingerprint:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def compared_fields(self) -> dict[str, Any]:
         """Flat ``{dotted name: value}`` of every compared field (dicts expand to ``sampling.top_p``)."""

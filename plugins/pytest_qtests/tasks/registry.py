@@ -8,7 +8,8 @@ Users add tasks without forking, the two ways pytest users already know:
 
 * a package declares an entry point in the ``qtests.tasks`` group whose object is a :class:`Task`, or a
   callable returning one task or a list of them; :func:`get_task` discovers them on first use;
-* a conftest implements the plugin's hook and calls :func:`register_task`.
+* code that runs before the tasks are looked up (a ``conftest.py`` at import, a plugin) calls
+  :func:`register_task`.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ _entry_points_loaded = False
 
 
 def register_task(task: Task, replace: bool = False) -> None:
-    """Add ``task`` to the registry (the plugin's task hook and entry points end up here)."""
+    """Add ``task`` to the registry (entry points and users' own calls end up here)."""
     if not isinstance(task, Task):
         raise QtestsError(f"register_task expects a pytest_qtests.tasks.Task, got {type(task).__name__}")
     if not isinstance(task.fields, FieldMap):
