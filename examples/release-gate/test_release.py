@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LEDGER_FILE, grade_ledger
+from ledger import LEDGER_FILE, grade_ledger
 from pytest_qtests.records import TaskItem
 
 REGRESSIONS = Path(__file__).parent / "data" / "past_regressions.jsonl"

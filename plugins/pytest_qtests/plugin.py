@@ -81,7 +81,8 @@ def _gate_suite_args(config: pytest.Config) -> None:
     """What runs: asked for qtests on the command line (``--model``, ``--reference``, ``--qt-config``) with
     no test paths, the standard gate suite of the installed ``qtests`` package runs; with test paths,
     those tests run and the gate suite beside them, unless ``--no-gate``."""
-    if not _wants_qtests(config):
+    given = config.known_args_namespace  # the command line only: a conftest's defaults do not count
+    if not (given.qt_models or given.qt_reference or given.qt_suite_file):
         return  # not asked for on the command line: pytest collects what it always would
     import importlib.util
 
