@@ -7,6 +7,7 @@ Under pytest the hooks are ``config.hook``; ``qtests sweep`` builds the same rel
 from __future__ import annotations
 
 import importlib.util
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def cli_hooks(directory: Path) -> Any:
     manager.add_hookspecs(hookspec)
     conftest = directory / "conftest.py"
     if conftest.is_file():
+        if str(directory) not in sys.path:  # as pytest's default import mode: the conftest's own modules import
+            sys.path.insert(0, str(directory))
         spec = importlib.util.spec_from_file_location("conftest", conftest)
         module = importlib.util.module_from_spec(spec)
         try:

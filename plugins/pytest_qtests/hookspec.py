@@ -34,17 +34,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+import pluggy
+
 if TYPE_CHECKING:
     from pytest_qtests.engines.registry import BackendFactory
     from pytest_qtests.tasks.registry import Task
 
+spec = pluggy.HookspecMarker("pytest")  # pytest's own marker, so plain pluggy (``qtests sweep``) sees them too
 
+
+@spec
 def pytest_qtests_register_tasks(register: Callable[[Task], None]) -> None:
     """Add tasks with ``register(Task(...))``; then ``--tasks NAME`` runs them exactly like built-in ones
     (same validation, report, baselines, and fingerprint, the grader's identity included). Called once
     per session, before the command line's tasks are looked up."""
 
 
+@spec
 def pytest_qtests_register_backends(register: Callable[[str, BackendFactory], None]) -> None:
     """Add engines with ``register(NAME, factory)``; then ``--backend NAME`` builds each model's engine
     with ``factory(config, variant)`` (the run's :class:`~pytest_qtests.settings.RunConfig` and one
@@ -54,6 +60,7 @@ def pytest_qtests_register_backends(register: Callable[[str, BackendFactory], No
     "Another engine". Called once per session, before ``--backend`` is checked; a built-in name is refused."""
 
 
+@spec
 def pytest_qtests_results(results: dict[str, Any]) -> None:
     """Receive the session's final results, the ``results.json`` document (schema
     ``pytest_qtests/schemas/results.schema.json``), to upload or post-process. Called once, on the
