@@ -12,6 +12,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import pluggy
+
 from pytest_qtests.records import QtestsError
 
 
@@ -30,11 +32,9 @@ def call_hook(hook: Any, **kwargs: Any) -> Any:
 def cli_hooks(directory: Path) -> Any:
     """The hook relay for a CLI command: qtests' hook specifications, implemented by ``directory/conftest.py``
     when there is one (imported as pytest would, under the name ``conftest``)."""
-    import pluggy
-
     from pytest_qtests import hookspec
 
-    manager = pluggy.PluginManager("pytest")
+    manager = _ConftestPluginManager("pytest")
     manager.add_hookspecs(hookspec)
     conftest = directory / "conftest.py"
     if conftest.is_file():
@@ -48,6 +48,18 @@ def cli_hooks(directory: Path) -> Any:
             raise QtestsError(f"{conftest} failed to import ({type(error).__name__}: {error}); fix it") from None
         manager.register(module, str(conftest))
     return manager.hook
+
+
+class _ConftestPluginManager(pluggy.PluginManager):
+    """Takes a conftest's plain ``pytest_qtests_*`` functions as implementations, as pytest's own manager
+    does (bare pluggy wants each marked with ``HookimplMarker``, which no conftest does)."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("pytest_qtests_") and callable(getattr(plugin, name, None)):
+            opts = {"wrapper": False, "hookwrapper": False, "optionalhook": False, "tryfirst": False,
+                    "trylast": False, "specname": None}
+        return opts
 
 
 def register_hooked_extensions(hooks: Any) -> None:
