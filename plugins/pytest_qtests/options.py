@@ -30,7 +30,7 @@ from pytest_qtests.gate.tolerances import Tolerance, parse_fail_on, parse_fail_o
 from pytest_qtests.evaluate.parity import parse_parity
 from pytest_qtests.records import QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.settings import DEFAULT_CANARY, RunConfig
-from pytest_qtests.engines.registry import BACKENDS
+from pytest_qtests.engines.registry import BACKENDS, backend_names
 from pytest_qtests.engines.sampling import sampling_preset
 from pytest_qtests.tasks.registry import task_spec_name
 from pytest_qtests.variants import check_unique_labels, parse_variant
@@ -114,7 +114,9 @@ class GateOptions:
                                    suite=True)
     temperature: float | None = _option("--temperature", "override the preset's temperature", metavar="T",
                                         suite=True)
-    backend: str | None = _option("--backend", "engine (default transformers)", choices=BACKENDS, suite=True)
+    backend: str | None = _option(
+        "--backend", f"engine: {', '.join(BACKENDS)} (default transformers), or one a "
+        "pytest_qtests_register_backends hook adds", metavar="NAME", suite=True)
     dtype: str | None = _option(
         "--dtype", "engine dtype (default auto: checkpoint dtype; float32 on CPUs without bf16)", metavar="DTYPE",
         suite=True)
@@ -126,6 +128,9 @@ class GateOptions:
         metavar="URL", suite=True)
     replay: list[str] | None = _option("--replay", "outputs to score (replay backend)", metavar="LABEL=FILE",
                                        suite=True)
+    tokenizer: str | None = _option(
+        "--tokenizer", "replay: count the lengths of lines without token counts with this tokenizer (else in words)",
+        metavar="PATH_OR_HUB_ID")
     trust_remote_code: list[str] | None = _option(
         "--trust-remote-code", "allow this variant's remote code (off for every variant unless named)",
         metavar="LABEL", suite=True)
@@ -162,6 +167,8 @@ class GateOptions:
         "(reference and variants)", metavar="F", suite=True)
     report_dir: str | None = _option(
         "--qt-report", "write results.json, summary.md, flips.jsonl and report.html here", metavar="DIR")
+    no_gate: bool = _switch("--no-gate", "with your own test paths: run only them, not the standard gate suite "
+                            "beside them")
 
     def __post_init__(self) -> None:
         """Lists in one shape: ``"a,b"``, ``["a,b"]`` and ``["a", "b"]`` mean the same, as on the command line."""
@@ -342,9 +349,10 @@ def build_config(options: GateOptions) -> RunConfig:
         models_from_suite=not options.models and not options.reference,
     )
     backend = given("backend", "transformers")
-    if backend not in BACKENDS:  # a flag's choices are checked as it is parsed; Python's and the suite's here
+    if backend not in backend_names():  # engines a hook registered included
         where = "--backend" if options.backend else f"suite file {suite_path}: backend"
-        raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(backend_names())}, or "
+                          "add it with a pytest_qtests_register_backends hook")
     extend_truncated = given("extend_truncated")
     if extend_truncated is not None:
         extended_cap(max_tokens, extend_truncated)  # validates the factor
@@ -360,6 +368,7 @@ def build_config(options: GateOptions) -> RunConfig:
         dtype=given("dtype", "auto"),
         base_urls=given("base_urls", []),
         replay=replay,
+        tokenizer=options.tokenizer,
         sampling=sampling,
         limit=limit,
         repeats=repeats,

@@ -9,11 +9,14 @@ fixture, so ``-k``/``--lf`` runs generate only what the selected tests need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
-from pytest_qtests import distributed
+from pytest_qtests import distributed, hookspec
+from pytest_qtests.fixtures import qt_compare, qt_model, qt_reference  # noqa: F401 (the public fixtures)
+from pytest_qtests.hooks import call_hook, register_hooked_extensions
 from pytest_qtests.options import GateOptions, add_gate_options, build_config
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.preflight import check_before_run
@@ -45,6 +48,10 @@ class PolicyCase:
         return f"{self.variant.label}-{self.policy}"
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspec)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qtests", "quantized checkpoint gate")
     add_gate_options(group.addoption)
@@ -61,12 +68,42 @@ def _wants_qtests(config: pytest.Config) -> bool:
 def gate_session(config: pytest.Config) -> GateSession:
     """The session's gate, built on first use (after every conftest had its say about defaults)."""
     if _SESSION_KEY not in config.stash:
+        register_hooked_extensions(config.hook)
         run_config: RunConfig = build_config(GateOptions.from_namespace(config.option))
         preloaded_tasks = check_before_run(run_config)
         session = GateSession(run_config)
         session.evaluator.preload_tasks(preloaded_tasks)
         config.stash[_SESSION_KEY] = session
     return config.stash[_SESSION_KEY]
+
+
+def _gate_suite_args(config: pytest.Config) -> None:
+    """What runs: asked for qtests on the command line (``--model``, ``--reference``, ``--qt-config``) with
+    no test paths, the standard gate suite of the installed ``qtests`` package runs; with test paths,
+    those tests run and the gate suite beside them, unless ``--no-gate``."""
+    given = config.known_args_namespace  # the command line only: a conftest's defaults do not count
+    if not (given.qt_models or given.qt_reference or given.qt_suite_file):
+        return  # not asked for on the command line: pytest collects what it always would
+    import importlib.util
+
+    suite = str(Path(importlib.util.find_spec("qtests").origin).parent / "test_gate.py")
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [suite]
+    elif not config.getoption("qt_no_gate") and not _names_suite(config, suite):
+        config.args.append(suite)
+
+
+def _names_suite(config: pytest.Config, suite: str) -> bool:
+    """True when an argument already collects the suite (``--pyargs qtests``, ``qtests/``, the file)."""
+    suite_path = Path(suite)
+    for arg in config.args:
+        target = arg.split("::")[0]
+        if config.option.pyargs and target.split(".")[0] == "qtests":
+            return True
+        path = Path(config.invocation_params.dir, target).resolve()
+        if path in (suite_path, suite_path.parent):
+            return True
+    return False
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # properties all the same, and CI systems read them: one warning per gate test is noise, not news.
     config.addinivalue_line(
         "filterwarnings", "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
+    _gate_suite_args(config)
     if not _wants_qtests(config):
         return
     per_worker = config.getoption("qt_gpus_per_worker")
@@ -104,7 +142,13 @@ def _case_scopes(config: pytest.Config) -> dict[str, str]:
     session = gate_session(config)
     cases = [Case(v, t) for v in session.variants for t in session.config.tasks]
     cases += [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
-    return {case.id: case.variant.label for case in cases}
+    return {**{case.id: case.variant.label for case in cases}, **{v.label: v.label for v in _user_models(session)}}
+
+
+def _user_models(session: GateSession) -> list[VariantSpec]:
+    """What ``qt_model`` is parametrized over: the reference (when live), then the variants."""
+    reference = [session.config.reference] if session.config.reference else []
+    return reference + [v for v in session.config.models]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -117,7 +161,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    wanted = {"qt_case", "qt_policy_case", "qt_parity_case"} & set(metafunc.fixturenames)
+    wanted = {"qt_case", "qt_policy_case", "qt_parity_case", "qt_model"} & set(metafunc.fixturenames)
     if not wanted:
         return
     if not _wants_qtests(metafunc.config):
@@ -132,6 +176,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qt_policy_case" in wanted:
         cases = [PolicyCase(v, p) for v in session.variants for p in session.config.policies]
         metafunc.parametrize("qt_policy_case", cases, ids=[c.id for c in cases])
+    if "qt_model" in wanted:
+        models = _user_models(session)
+        metafunc.parametrize("qt_model", models, ids=[m.label for m in models], indirect=True)
     if "qt_parity_case" in wanted:  # without --parity the test is deselected (see collection below)
         cases = [Case(v, t) for v in session.variants for t in session.config.tasks] if session.config.parity else []
         metafunc.parametrize("qt_parity_case", cases, ids=[c.id for c in cases])
@@ -152,8 +199,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def variant_of(item: pytest.Item) -> str | None:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase))), None)
-        return case.variant.label if case is not None else None
+        case = next((v for v in params.values() if isinstance(v, (Case, PolicyCase, VariantSpec))), None)
+        return None if case is None else case.label if isinstance(case, VariantSpec) else case.variant.label
 
     items.sort(key=lambda item: order.get(variant_of(item) or "", -1))
 
@@ -245,6 +292,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             from pytest_qtests.report.files import write_reports
 
             write_reports(gate, gate.config.report_dir)
+        if config.hook.pytest_qtests_results.get_hookimpls() and gate.evaluator.completed_runs():
+            from pytest_qtests.report.files import results_of
+
+            call_hook(config.hook.pytest_qtests_results, results=results_of(gate))
     except (QtestsError, OSError) as error:
         # A baseline or report that cannot be written is the user's to fix (a bad directory, a symlink out
         # of the store): one line and a non-zero exit, never an INTERNALERROR traceback.

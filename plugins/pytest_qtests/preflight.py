@@ -8,6 +8,7 @@ at run time, so one broken variant never stops the others from being evaluated.
 
 from __future__ import annotations
 
+from pytest_qtests.engines.replay_backend import replay_path
 from pytest_qtests.store.baselines import load_baseline
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.audit.policies import parse_policy
@@ -39,4 +40,6 @@ def check_before_run(config: RunConfig) -> dict[str, TaskData]:
         if strays:
             raise QtestsError(f"--replay names no model of this run: {', '.join(strays)}; "
                               f"use the LABEL of a --model or --reference ({', '.join(sorted(labels))})")
+        for variant in ([config.reference] if config.reference else []) + config.models:
+            replay_path(config, variant)
     return loaded

@@ -16,6 +16,7 @@ from pytest_qtests.gate.expectations import Expectation, expectation_checks
 from pytest_qtests.store.fingerprint import check_compatible
 from pytest_qtests.gate.forensics import Forensics, build_forensics
 from pytest_qtests.gate.checks import CheckResult, run_checks
+from pytest_qtests.gate.tolerances import CHECK_SPECS
 from pytest_qtests.gate.multiplicity import apply_holm
 from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.evaluate.diagnosis import Diagnosis
@@ -47,6 +48,12 @@ class Verdict:
 class ReferenceOutcomes:
     outcomes: list[ItemOutcome]
     source: str  # "reference <label>" or "baseline <path>"
+    length_unit: str = "tokens"  # "words" for a replay file without token counts
+
+
+def length_unit(run_fingerprint: Any) -> str:
+    """The unit a run's lengths are in: tokens, unless a replay file had to count words."""
+    return run_fingerprint.extra.get("length_unit", "tokens")
 
 
 class GateSession:
@@ -78,15 +85,17 @@ class GateSession:
         if key in self._references:
             return self._references[key]
         if self.config.reference is not None and not self.is_reference(variant):
+            reference_run = self.run(self.config.reference, task)
             found: ReferenceOutcomes | str = ReferenceOutcomes(
-                self.run(self.config.reference, task).outcomes, f"reference {self.config.reference.label}")
+                reference_run.outcomes, f"reference {self.config.reference.label}",
+                length_unit(reference_run.fingerprint))
         elif self.config.baseline:
             task_name = self.evaluator.task_data(task).task.name  # a spec may be NAME=FILE
             path = resolve_baseline(self.config.baseline, self.config.baseline_dir, task_name)
             baseline = load_baseline(str(path), self.config.baseline_dir, task_name)
             run = self.run(variant, task)
             check_compatible(baseline.fingerprint, run.fingerprint, self.config.allow_mismatch, baseline.name)
-            found = ReferenceOutcomes(baseline.items, f"baseline {path}")
+            found = ReferenceOutcomes(baseline.items, f"baseline {path}", length_unit(baseline.fingerprint))
         elif self.is_reference(variant):
             found = "this is the reference itself"
         else:
@@ -108,7 +117,8 @@ class GateSession:
             if isinstance(reference, str) or not run.complete:
                 continue
             expected = self._expected(variant, task)
-            paired = {check: tol for check, tol in self.config.tolerances.items() if check not in expected}
+            skipped = set(expected) | set(self._incomparable_lengths(reference, run))
+            paired = {check: tol for check, tol in self.config.tolerances.items() if check not in skipped}
             results = run_checks(reference.outcomes, run.outcomes, paired, self.config.alpha,
                                  self.config.gate_mode, seed=self.config.sampling.seed)
             flat += [(task, result) for result in results]
@@ -118,6 +128,16 @@ class GateSession:
             by_task.setdefault(task, {})[result.check] = result
         self._checks[variant.label] = by_task
         return by_task
+
+    @staticmethod
+    def _incomparable_lengths(reference: ReferenceOutcomes, run: TaskRun) -> dict[str, str]:
+        """Length checks that cannot be judged, with why: lengths in words are never compared with tokens."""
+        unit = length_unit(run.fingerprint)
+        if unit == reference.length_unit:
+            return {}
+        why = (f"lengths not compared: {reference.source} counted {reference.length_unit}, this run {unit} "
+               "(a replay file without token counts; give --tokenizer to count tokens)")
+        return {name: why for name, spec in CHECK_SPECS.items() if spec.kind == "ratio"}
 
     def _expected(self, variant: VariantSpec, task: str) -> dict[str, Expectation]:
         return self.config.expectations.for_run(variant.label, task_spec_name(task))
@@ -151,6 +171,9 @@ class GateSession:
         reference = self.reference_for(variant, task)
         if isinstance(reference, str):
             return Verdict(None, f"{variant.label} on {task}: {reference}")
+        incomparable = self._incomparable_lengths(reference, run).get(check)
+        if incomparable is not None:
+            return Verdict(None, f"{variant.label} on {task}: {incomparable}")
         result = self.checks(variant).get(task, {}).get(check)
         if result is None:
             return Verdict(None, f"no tolerance for {check} (set it with --fail-on {check}:...)")
@@ -242,6 +265,7 @@ class GateSession:
                 "accuracy": mean_or_none(o.correct for o in outcomes),
                 "truncation": mean_or_none(o.truncated for o in outcomes),
                 "median_tokens": statistics.median([o.output_tokens for o in outcomes]) if outcomes else None,
+                "length_unit": length_unit(run.fingerprint),
                 "degenerate": mean_or_none(o.degenerate for o in outcomes),
                 "footprint_bytes": self._footprint(variant),
                 "canary": None if run.canary is None else run.canary.passed,

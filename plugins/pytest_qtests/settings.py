@@ -29,6 +29,7 @@ class RunConfig:
     dtype: str = "auto"
     base_urls: list[str] = field(default_factory=list)
     replay: dict[str, str] = field(default_factory=dict)
+    tokenizer: str | None = None  # replay: counts lengths the files do not give
     sampling: SamplingParams = field(default_factory=SamplingParams)
     limit: int | None = None
     repeats: int = 1

@@ -178,12 +178,18 @@ COMMAND_LINES = {
     "allow-mismatch-unknown-field": (
         REPLAY + ["--allow-mismatch", "max_token"],
         "unknown --allow-mismatch field max_token: choose from task, dataset_hash, prompt_template_hash, sampling, "
-        "max_tokens, thinking, repeats, seed, engine, engine_version, sampling.temperature, sampling.top_p, "
+        "max_tokens, thinking, repeats, seed, engine, engine_version, task_code, sampling.temperature, sampling.top_p, "
         "sampling.top_k, sampling.min_p"),
     "replay-for-no-model": (REPLAY + ["--replay", "vr=var.jsonl"], "--replay names no model of this run: vr; "
                             "use the LABEL of a --model or --reference (ref, var)"),
+    "replay-model-without-outputs": (["--backend", "replay", "--tasks", "zoo", "--model", "gold=org/gold"],
+                                     "--backend replay needs outputs for gold: pass --model gold=OUTPUTS.jsonl "
+                                     "or --replay gold=OUTPUTS.jsonl"),
     "engine-arg-without-value": (REPLAY + ["--engine-arg", "enforce_eager"],
                                  "--engine-arg 'enforce_eager' must be KEY=VALUE, e.g. --engine-arg tensor_parallel_size=2"),
+    "backend-unknown": (REPLAY + ["--backend", "sglang"],
+                        "--backend: unknown backend 'sglang': choose one of transformers, vllm, openai, replay, or "
+                        "add it with a pytest_qtests_register_backends hook"),
     "openai-without-base-url": (REPLAY + ["--backend", "openai"],
                                 "--backend openai needs --base-url URL (e.g. http://127.0.0.1:8000/v1)"),
     "baseline-not-valid-json": (["--backend", "replay", "--tasks", "zoo", "--model", "var=org/var", "--replay",
@@ -213,6 +219,39 @@ def test_bad_command_line_is_refused_in_one_line_and_writes_nothing(work, case):
     run = run_gate(work, *args)
     assert_usage_error(run, line.format(cwd=work))
     assert files_in(work) == before  # no cache, baseline, report or temporary file
+
+
+# -- a conftest.py's hooks (hookspec.py): refused before anything runs ---------------------------------------
+
+ZOO_TASK_DATA = "fields=FieldMap(question='question', answer='answer', id='id'), bundled=(Path('tasks.jsonl'),)"
+HOOK_CONFTESTS = {
+    "user-task-without-grader": (
+        "from pathlib import Path\nfrom pytest_qtests.tasks import FieldMap, Task\n\n"
+        "def pytest_qtests_register_tasks(register):\n"
+        f"    register(Task(name='invoices', {ZOO_TASK_DATA}, grader=None, user_message=lambda item: item.question))\n",
+        "task 'invoices' has no grader: pass grader=a function grader(answer, item) -> Grade"),
+    "hook-that-raises": (
+        "def pytest_qtests_register_tasks(register):\n    raise RuntimeError('no database connection')\n",
+        "hook pytest_qtests_register_tasks raised RuntimeError: no database connection "
+        "(at {cwd}/conftest.py:2); fix that implementation"),
+    "user-backend-named-like-a-built-in": (
+        "def pytest_qtests_register_backends(register):\n    register('vllm', lambda config, variant: None)\n",
+        "backend 'vllm' is built in; give yours another name"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOOK_CONFTESTS))
+def test_bad_hook_in_a_conftest_is_refused_in_one_line(work, case):
+    """``pytest --model ...`` where the user's conftest.py implements a hook badly (the gate suite runs
+    beside it, as from any project directory)."""
+    conftest, line = HOOK_CONFTESTS[case]
+    (work / "conftest.py").write_text(conftest)
+    before = files_in(work)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cache-dir", "cache",
+                           *REPLAY], cwd=work, env=gate_env(PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert_usage_error(Run(done.returncode, done.stdout, done.stderr), line.format(cwd=work))
+    assert files_in(work) == before
 
 
 SUITE_FILES = {
@@ -287,7 +326,8 @@ def test_replay_file_that_is_not_utf8_names_file_and_line(work):
     run = run_gate(work, *REPLAY)
     assert_variant_error(run, "var", "replay file var.jsonl line 9: not UTF-8 text; each line must be a "
                          'JSON object with "id" and "output" (optional: "finish_reason" stop|length, '
-                         '"output_tokens", "prompt_tokens", "sample_index")')
+                         '"output_tokens", "prompt_tokens", "sample_index"), or a line of an '
+                         'lm-evaluation-harness samples file or of an OpenAI Batch API output file')
 
 
 def test_huge_outputs_are_graded_not_choked_on(work):

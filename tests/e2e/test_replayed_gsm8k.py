@@ -106,3 +106,44 @@ def test_with_repeats_items_are_the_unit_through_the_plugin(pytester: pytest.Pyt
     assert accuracy["reference_value"] == pytest.approx(sum(a_per_item) / n_items)
     assert accuracy["variant_value"] == pytest.approx(sum(b_per_item) / n_items)
     assert accuracy["estimate"] == pytest.approx(sum(b - a for a, b in zip(a_per_item, b_per_item)) / n_items)
+
+
+def lm_eval_samples_line(doc_id: int, row: dict, output: str) -> dict:
+    """A line of lm-evaluation-harness 0.4's ``--log_samples`` file for GSM8K, with every field the real
+    file has (tests/data/replay/lm_eval_samples_qtests_zoo.jsonl, written by lm-eval 0.4.13)."""
+    return {"doc_id": doc_id, "doc": row, "target": row["answer"],
+            "arguments": {"gen_args_0": {"arg_0": row["question"], "arg_1": {"until": [], "max_gen_toks": 512}}},
+            "resps": [[output]], "filtered_resps": [gold_of(output)], "filter": "strict-match",
+            "metrics": ["exact_match"], "doc_hash": "", "prompt_hash": "", "target_hash": "", "exact_match": 1.0}
+
+
+def test_gold_answers_replayed_as_the_model_and_as_lm_eval_samples_grade_alike(pytester: pytest.Pytester,
+                                                                                 monkeypatch):
+    """``--model gold=FILE`` with lines of only ``id`` and ``output`` (the bundled GSM8K solutions) grades
+    1.000; the same items as an lm-eval samples file give the same accuracy; and a baseline saved from
+    one replay file gates the other without ``--allow-mismatch`` (the file is the model, not the engine)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()]
+    (pytester.path / "gold.jsonl").write_text(
+        "".join(json.dumps({"id": str(i), "output": row["answer"]}) + "\n" for i, row in enumerate(rows)))
+    (pytester.path / "samples_gsm8k.jsonl").write_text(
+        "".join(json.dumps(lm_eval_samples_line(i, row, row["answer"])) + "\n" for i, row in enumerate(rows)))
+
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", "gsm8k",
+        "--model", "gold=gold.jsonl", "--model", "lmeval=samples_gsm8k.jsonl", "--save-baseline",
+        "--qt-report", "report", timeout=300)
+    output = result.stdout.str()
+    assert "Traceback" not in output and result.ret == 0, output[-3000:]
+    runs = {run["variant"]: run for run in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
+    assert runs["gold"]["summary"]["n_items"] == runs["lmeval"]["summary"]["n_items"] == len(rows) == 1319
+    assert runs["gold"]["summary"]["accuracy"] == runs["lmeval"]["summary"]["accuracy"] == 1.0
+    assert runs["lmeval"]["fingerprint"]["extra"] == {"replay_format": "an lm-evaluation-harness samples file",
+                                                       "length_unit": "words"}
+    assert "gold on gsm8k: lengths counted in words" in output
+
+    gated = pytester.runpytest_subprocess(
+        "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", "gsm8k",
+        "--model", "lmeval=samples_gsm8k.jsonl", "--baseline", "gold", "-rA", timeout=300)
+    assert gated.ret == 0, gated.stdout.str()[-3000:]
+    assert "PASSED test_gate.py::test_accuracy[lmeval-gsm8k]" in gated.stdout.str()

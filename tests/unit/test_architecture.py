@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "plugins" / "pytest_qtests"
-PYTEST_FACE = {"pytest_qtests.plugin", "pytest_qtests.distributed", "pytest_qtests.hookspec"}
+PYTEST_FACE = {"pytest_qtests.plugin", "pytest_qtests.distributed", "pytest_qtests.hookspec", "pytest_qtests.fixtures"}
 
 
 def _modules() -> dict[str, Path]:

@@ -77,13 +77,15 @@ def test_replayed_gsm8k_outputs_become_graded_records(tmp_path, tokenizer, gsm8k
         assert backend.unmatched_ids(item.item_id for item in items) == ["999"]
 
 
-def test_engine_version_is_the_files_hash(tmp_path):
+def test_the_files_hash_is_the_models_identity_not_the_engines(tmp_path):
+    """Two replay files are two models on one engine: a baseline saved from one compares with the other."""
+    from pytest_qtests.store.fingerprint import replay_identity
+
     row = {"id": "0", "output": "x", "output_tokens": 1, "prompt_tokens": 3}
-    path = write_jsonl(tmp_path / "a.jsonl", [row])
-    first = ReplayBackend(path).engine_version()
-    assert first == "replay " + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    write_jsonl(path, [{**row, "output": "y"}])
-    assert ReplayBackend(path).engine_version() != first
+    first, second = write_jsonl(tmp_path / "a.jsonl", [row]), write_jsonl(tmp_path / "b.jsonl", [{**row, "output": "y"}])
+    assert ReplayBackend(first).engine_version() == ReplayBackend(second).engine_version() == "replay"
+    assert replay_identity(first)["hash"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert replay_identity(first)["hash"] != replay_identity(second)["hash"]
 
 
 def test_samples_are_matched_by_sample_index(tmp_path):
@@ -139,11 +141,23 @@ def test_empty_or_missing_file(tmp_path, content, problem):
         ReplayBackend(path)
 
 
-def test_missing_counts_without_a_tokenizer_are_an_error_not_a_guess(tmp_path):
-    path = write_jsonl(tmp_path / "n.jsonl", [{"id": "0", "output": "x", "output_tokens": 1, "prompt_tokens": 2},
-                                              {"id": "1", "output": "y", "output_tokens": 1}])
-    with pytest.raises(QtestsError, match=r"line 2 has no output_tokens/prompt_tokens and no tokenizer"):
-        ReplayBackend(path)
+def test_lines_without_counts_are_measured_in_words_for_the_whole_file(tmp_path):
+    """One line without ``output_tokens`` makes every length of the file words: never a mix of units."""
+    path = write_jsonl(tmp_path / "n.jsonl", [{"id": "0", "output": "one two three", "output_tokens": 40},
+                                              {"id": "1", "output": "four five"}])
+    backend = ReplayBackend(path)
+    records = backend.generate([GenerationRequest(i, 0, "how much is it", SamplingParams()) for i in ("0", "1")])
+    assert backend.length_unit == "words" and backend.device_info()["length_unit"] == "words"
+    assert [r.output_tokens for r in records] == [3, 2] and records[0].prompt_tokens == 4
+
+
+def test_a_tokenizer_counts_tokens_where_the_file_has_none(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "n.jsonl", [{"id": "0", "output": "one two three", "output_tokens": 40},
+                                              {"id": "1", "output": "four five"}])
+    backend = ReplayBackend(path, tokenizer=tokenizer)
+    records = backend.generate([GenerationRequest(i, 0, "p", SamplingParams()) for i in ("0", "1")])
+    assert backend.length_unit == "tokens"
+    assert [r.output_tokens for r in records] == [40, len(tokenizer.encode("four five", add_special_tokens=False))]
 
 
 def test_estimated_thinking_tokens_are_counted_in_output_tokens(tmp_path):

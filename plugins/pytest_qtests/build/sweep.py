@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pytest_qtests.build.provenance import plan_provenance, read_provenance, same_build
 from pytest_qtests.build.quantize import check_request, fit_to_context, prepare_calibration, quantize
 from pytest_qtests.build.recipes import RECIPES, SCHEMES, QuantizeSettings
+from pytest_qtests.engines.registry import BACKENDS
 from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.options import GateOptions, build_config
 from pytest_qtests.records import QtestsError, VariantSpec
@@ -208,10 +209,13 @@ def run_sweep(model: str, points: Sequence[SweepPoint], base: QuantizeSettings, 
               gate: GateOptions, report_dir: Path | None = None,
               log: Callable[[str], None] = print) -> tuple[list[SweepRow], dict[str, float]]:
     """Build, audit and gate every point; returns the rows and the wall time of each phase."""
+    from pytest_qtests.hooks import call_hook, cli_hooks, register_hooked_extensions
     from pytest_qtests.session import GateSession
 
+    hooks = cli_hooks(Path.cwd())  # the conftest.py pytest would use here: its tasks, engines and results hook
+    register_hooked_extensions(hooks)
     backend = build_config(gate_options(model, [], gate)).backend  # bad gate flags fail in a second, before any build
-    if backend not in SWEEP_BACKENDS:
+    if backend in BACKENDS and backend not in SWEEP_BACKENDS:  # an engine a hook added is trusted to load them
         raise QtestsError(f"--backend {backend} cannot load the checkpoints a sweep builds: "
                           f"use --backend {' or '.join(SWEEP_BACKENDS)}")
     started = time.perf_counter()
@@ -225,6 +229,10 @@ def run_sweep(model: str, points: Sequence[SweepPoint], base: QuantizeSettings, 
             from pytest_qtests.report.files import write_reports
 
             write_reports(session, report_dir)
+        if hooks.pytest_qtests_results.get_hookimpls():
+            from pytest_qtests.report.files import results_of
+
+            call_hook(hooks.pytest_qtests_results, results=results_of(session))
     finally:
         session.close()
     return rows, {"quantize_s": built - started, "evaluate_s": evaluated - built}

@@ -7,7 +7,7 @@ importing qtests imports neither vLLM nor transformers (a fully cached re-run ne
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pytest_qtests.records import QtestsError, VariantSpec
 
@@ -31,6 +31,14 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
     if name in _FACTORIES and not replace:
         raise QtestsError(f"backend {name!r} is already registered: pick another name, or pass replace=True")
     _FACTORIES[name] = factory
+
+
+def register_user_backend(name: str, factory: BackendFactory) -> None:
+    """What the ``pytest_qtests_register_backends`` hook's ``register`` does: a conftest's engine, which may
+    be registered again (a conftest imported anew), but never in place of a built-in one."""
+    if name in BACKENDS:
+        raise QtestsError(f"backend {name!r} is built in; give yours another name")
+    register_backend(name, factory, replace=True)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -68,11 +76,22 @@ def _openai(config: RunConfig, variant: VariantSpec) -> Backend:
 
 
 def _replay(config: RunConfig, variant: VariantSpec) -> Backend:
-    from pytest_qtests.engines.replay_backend import ReplayBackend
+    from pytest_qtests.engines.replay_backend import ReplayBackend, replay_path
 
-    if variant.label not in config.replay:
-        raise QtestsError(f"--backend replay needs outputs for {variant.label}: pass --replay {variant.label}=OUTPUTS.jsonl")
-    return ReplayBackend(config.replay[variant.label])
+    return ReplayBackend(replay_path(config, variant), tokenizer=_tokenizer(config.tokenizer))
+
+
+def _tokenizer(source: str | None) -> Any:
+    """``--tokenizer``: the tokenizer replayed lengths are counted with (None: counted in words)."""
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise QtestsError(f"--tokenizer {source} cannot be loaded ({str(error).splitlines()[0]}); pass a local "
+                          "tokenizer directory or a hub id in the local cache") from None
 
 
 register_backend("transformers", _transformers)

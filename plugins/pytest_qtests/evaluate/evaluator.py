@@ -29,7 +29,7 @@ from pytest_qtests.evaluate.continuation import Extension, extend_run
 from pytest_qtests.evaluate.degeneracy import DetectorThresholds
 from pytest_qtests.evaluate.grading import calibrated_thresholds, grade_records
 from pytest_qtests.evaluate.identity import run_fingerprint, variant_identity
-from pytest_qtests.evaluate.rendering import PromptRenderer
+from pytest_qtests.evaluate.rendering import Message, PromptRenderer
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, VariantSpec
 from pytest_qtests.store.cache import GenerationCache, cached_generate, request_keys
@@ -92,9 +92,11 @@ class Evaluator:
         return self._identities[variant.label]
 
     # -- the seams: prompts, requests, cached generation ---------------------------------------------
-    def prompts(self, variant: VariantSpec, messages: Sequence[str]) -> list[str]:
-        """User messages rendered for ``variant`` as the gate renders them (from the cache when it has them)."""
-        return self.renderer.prompts(self.identity(variant)["hash"], lambda: self.engines.get(variant), messages)
+    def prompts(self, variant: VariantSpec, messages: Sequence[Message], thinking: bool | None = None) -> list[str]:
+        """User messages (or chats of role/content messages) rendered for ``variant`` as the gate renders
+        them, with the run's thinking switch unless ``thinking`` says (from the cache when it has them)."""
+        return self.renderer.prompts(self.identity(variant)["hash"], lambda: self.engines.get(variant), messages,
+                                     thinking)
 
     def requests(self, variant: VariantSpec, task_spec: str) -> list[GenerationRequest]:
         """Every request of the task for ``variant``: each item's ``repeats`` samples, in item order."""

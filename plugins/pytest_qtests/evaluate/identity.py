@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pytest_qtests.engines.replay_backend import replay_path
 from pytest_qtests.records import VariantSpec
 from pytest_qtests.store.fingerprint import Fingerprint, model_identity, replay_identity
 
@@ -21,7 +22,7 @@ def variant_identity(config: RunConfig, variant: VariantSpec) -> dict[str, Any]:
     """The variant's content identity (config, tokenizer and safetensors headers hashed); a replayed
     variant's is its file of outputs. Read from disk without loading any engine."""
     if config.backend == "replay":
-        return replay_identity(config.replay[variant.label])
+        return replay_identity(replay_path(config, variant))
     return model_identity(variant)
 
 
@@ -38,5 +39,6 @@ def run_fingerprint(config: RunConfig, identity: dict[str, Any], data: TaskData,
         repeats=config.repeats,
         engine=config.backend,
         engine_version=backend.engine_version(),
+        task_code=data.task.code_identity(),
         extra=backend.device_info(),
     )

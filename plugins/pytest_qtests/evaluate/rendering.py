@@ -11,11 +11,14 @@ import hashlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pytest_qtests.packages import installed_version
+from pytest_qtests.records import QtestsError
 from pytest_qtests.store.cache import GenerationCache, rendering_key
 from pytest_qtests.tasks.prompts import render_prompt
 
 if TYPE_CHECKING:
     from pytest_qtests.engines.base import Backend
+
+Message = str | Sequence[dict[str, Any]]  # one user message, or a whole chat of role/content messages
 
 
 class PromptRenderer:
@@ -26,18 +29,24 @@ class PromptRenderer:
         self.engine = engine
         self.thinking = thinking
 
-    def prompts(self, model_hash: str, backend: Callable[[], Backend], messages: Sequence[str]) -> list[str]:
-        """Each user message through the chat template of the model with content hash ``model_hash``, as is
-        when the backend renders no prompts. ``backend`` is called only when a rendering is not cached."""
-        keys = [self._key(model_hash, {"message": message, "thinking": self.thinking})
+    def prompts(self, model_hash: str, backend: Callable[[], Backend], messages: Sequence[Message],
+                thinking: bool | None = None) -> list[str]:
+        """Each user message (or chat) through the chat template of the model with content hash
+        ``model_hash``, as is when the backend renders no prompts; ``thinking`` overrides the run's switch.
+        ``backend`` is called only when a rendering is not cached."""
+        thinking = self.thinking if thinking is None else thinking
+        keys = [self._key(model_hash, {"message": message, "thinking": thinking})
                 for message in messages] if self.cache is not None else []
         found = self.cache.get_renderings(keys) if self.cache is not None and keys else {}
         if keys and all(key in found for key in keys):
             return [found[key] for key in keys]
         engine = backend()
         if not engine.capabilities.renders_prompts:
+            if not all(isinstance(message, str) for message in messages):
+                raise QtestsError(f"the {self.engine} backend has no chat template to render a list of chat "
+                                  "messages with; pass each prompt as one string")
             return list(messages)
-        prompts = [render_prompt(engine.tokenizer, message, self.thinking) for message in messages]
+        prompts = [render_prompt(engine.tokenizer, message, thinking) for message in messages]
         if self.cache is not None:
             self.cache.put_renderings(zip(keys, prompts))
         return prompts

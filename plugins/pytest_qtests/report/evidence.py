@@ -275,6 +275,13 @@ def degeneracy_lines(entries: Sequence[RunEvidence]) -> list[str]:
     return lines
 
 
+def length_unit_lines(entries: Sequence[RunEvidence]) -> list[str]:
+    """One line per variant x task whose lengths are words, not tokens (a replay file without counts)."""
+    return [f"{entry.variant} on {entry.task}: lengths counted in words (replay file without token counts; "
+            "--tokenizer counts tokens); never compared with token counts"
+            for entry in entries if entry.row.get("length_unit", "tokens") != "tokens"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Flips: the per-item evidence behind an accuracy delta
 

@@ -28,6 +28,7 @@ from pytest_qtests.report.evidence import (
     RunEvidence,
     degeneracy_digest,
     degeneracy_lines,
+    length_unit_lines,
     failure_messages,
     find_flips,
     finite_or_none,
@@ -65,6 +66,11 @@ def settings_of(config: RunConfig) -> dict[str, Any]:
 def write_reports(gate: Any, directory: Path) -> None:
     """Entry point of ``--qt-report DIR``: gather the session's evidence and write every report file."""
     write_report_files(gather(gate), settings_of(gate.config), Path(directory))
+
+
+def results_of(gate: Any) -> dict[str, Any]:
+    """The session's ``results.json`` document, for the ``pytest_qtests_results`` hook."""
+    return results_document(gather(gate), settings_of(gate.config))
 
 
 def write_report_files(entries: Sequence[RunEvidence], settings: dict[str, Any], directory: Path) -> list[Path]:
@@ -210,6 +216,9 @@ def markdown_summary(entries: Sequence[RunEvidence]) -> str:
     failures = failure_messages(entries)
     if failures:
         lines += ["", "### Failed checks", ""] + [f"- {_markdown_cell(message)}" for message in failures]
+    units = length_unit_lines(entries)
+    if units:
+        lines += ["", "### Lengths", ""] + [f"- {_markdown_cell(line)}" for line in units]
     degenerate = degeneracy_lines(entries)
     if degenerate:
         lines += ["", "### Degenerate output", ""] + [f"- {_markdown_cell(line)}" for line in degenerate]

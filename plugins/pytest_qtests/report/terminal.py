@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from pytest_qtests.report.evidence import RunEvidence, degeneracy_lines, gather
+from pytest_qtests.report.evidence import RunEvidence, degeneracy_lines, gather, length_unit_lines
 from pytest_qtests.report.format import TABLE_COLUMNS, table_cells
 from pytest_qtests.report.truncation import forensics_lines
 
@@ -28,7 +28,7 @@ def render_entries(entries: Sequence[RunEvidence], width: int = 120) -> str:
     """The table, then one line per variant x task with degenerate outputs (top reasons, one example each),
     then the truncation forensics of each variant x task with truncated outputs."""
     text = render_table([entry.row for entry in entries], width)
-    lines = degeneracy_lines(entries) + forensics_lines(entries)
+    lines = length_unit_lines(entries) + degeneracy_lines(entries) + forensics_lines(entries)
     return text + "".join(line + "\n" for line in lines)
 
 

@@ -216,6 +216,7 @@ class Fingerprint(DictRecord):
     seed: int
     engine: str
     engine_version: str
+    task_code: dict[str, str] = field(default_factory=dict)  # the task's grader and prompt builder
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -231,6 +232,7 @@ class Fingerprint(DictRecord):
         repeats: int,
         engine: str,
         engine_version: str,
+        task_code: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Fingerprint:
         """Build from a run's settings. ``max_tokens`` and ``seed`` move out of ``sampling`` to their own
@@ -250,6 +252,7 @@ class Fingerprint(DictRecord):
             seed=seed,
             engine=engine,
             engine_version=engine_version,
+            task_code=dict(task_code or {}),
             extra=dict(extra or {}),
         )
 

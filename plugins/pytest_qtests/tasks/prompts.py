@@ -13,8 +13,9 @@ from pytest_qtests.records import QtestsError
 from pytest_qtests.thinking import THINK_CLOSE, THINK_OPEN
 
 
-def render_prompt(tokenizer: Any, user_message: str, thinking: bool) -> str:
-    """One user turn through ``tokenizer.apply_chat_template``, generation prompt added.
+def render_prompt(tokenizer: Any, user_message: str | list[dict[str, Any]], thinking: bool) -> str:
+    """One user turn (or a whole chat of role/content messages) through ``tokenizer.apply_chat_template``,
+    generation prompt added.
 
     ``enable_thinking`` is passed to every template; templates without a thinking switch ignore it.
     """
@@ -24,8 +25,9 @@ def render_prompt(tokenizer: Any, user_message: str, thinking: bool) -> str:
             f"tokenizer {name} has no chat template; use the model's instruct/chat checkpoint or add a "
             "chat_template to its tokenizer_config.json"
         )
+    messages = [{"role": "user", "content": user_message}] if isinstance(user_message, str) else user_message
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_message}],
+        messages,
         tokenize=False,
         add_generation_prompt=True,
         enable_thinking=thinking,

@@ -14,6 +14,8 @@ Users add tasks without forking, the two ways pytest users already know:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -92,6 +94,11 @@ class Task:
     bundled: tuple[Path, ...] = ()  # relative to the repository root, else to the working directory
     description: str = ""
 
+    def code_identity(self) -> dict[str, str]:
+        """Which grader and prompt builder this task runs, by name and a hash of their source: part of
+        the fingerprint, so a baseline graded by another version of a user's grader is not compared."""
+        return {"grader": _code_identity(self.grader), "user_message": _code_identity(self.user_message)}
+
     def default_source(self) -> DataSource:
         """The first bundled file that exists, else the hub dataset; a clear error when neither is there.
 
@@ -111,6 +118,15 @@ class Task:
         )
 
 
+def _code_identity(function: Callable) -> str:
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__name__)}"
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):  # built in C, or defined where no source is kept: the name must do
+        return name
+    return f"{name} {hashlib.sha256(source.encode()).hexdigest()[:12]}"
+
+
 _REGISTRY: dict[str, Task] = {}
 _entry_points_loaded = False
 
@@ -119,11 +135,24 @@ def register_task(task: Task, replace: bool = False) -> None:
     """Add ``task`` to the registry (entry points and users' own calls end up here)."""
     if not isinstance(task, Task):
         raise QtestsError(f"register_task expects a pytest_qtests.tasks.Task, got {type(task).__name__}")
+    if not isinstance(task.fields, FieldMap):
+        raise QtestsError(f"task {task.name!r}: fields must be a FieldMap naming the question and answer columns")
+    for part, signature in (("grader", "grader(answer, item) -> Grade"), ("user_message", "user_message(item) -> str")):
+        if not callable(getattr(task, part)):
+            raise QtestsError(f"task {task.name!r} has no {part}: pass {part}=a function {signature}")
     if task.name in _REGISTRY and not replace and _REGISTRY[task.name] is not task:
         raise QtestsError(
             f"task {task.name!r} is already registered; give yours another name or pass replace=True"
         )
     _REGISTRY[task.name] = task
+
+
+def register_user_task(task: Task) -> None:
+    """What the ``pytest_qtests_register_tasks`` hook's ``register`` does: a conftest's task, which may be
+    registered again (a conftest imported anew, pytester runs), but never in place of a built-in one."""
+    if isinstance(task, Task) and task.name in {builtin.name for builtin in BUILTIN_TASKS}:
+        raise QtestsError(f"task {task.name!r} is built in; give yours another name")
+    register_task(task, replace=True)
 
 
 def get_task(name: str) -> Task:
