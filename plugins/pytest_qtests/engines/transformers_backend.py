@@ -90,8 +90,9 @@ class TransformersBackend:
         self._model, self._tokenizer = model, tokenizer
 
     def device_info(self) -> dict[str, Any]:
+        """The devices, and the dtype "auto" resolved to for this checkpoint (recorded, not compared)."""
         self._load()
-        return device_info()
+        return {**device_info(), "dtype": str(self._model.dtype).replace("torch.", "")}
 
     @property
     def tokenizer(self) -> Any:
@@ -102,8 +103,10 @@ class TransformersBackend:
         import transformers
 
         self._load()
-        dtype = str(self._model.dtype).replace("torch.", "")
-        return f"transformers {transformers.__version__} ({self._device}, {dtype}, batch {self.batch_size})"
+        # the dtype as asked (like vLLM's): "auto" resolves per checkpoint (a quantized variant computes in
+        # float16 beside a float32 reference on this CPU), so the resolved one would make every variant's
+        # settings differ from its stored baseline's; it is recorded in device_info() instead
+        return f"transformers {transformers.__version__} ({self._device}, {self.dtype}, batch {self.batch_size})"
 
     def close(self) -> None:
         self._model = None
