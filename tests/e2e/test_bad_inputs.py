@@ -265,7 +265,8 @@ SUITE_FILES = {
                             "('max_token' was unexpected)"),
     "suite-unknown-backend": ('models = ["x=org/x"]\nbackend = "tpu"\n',
                               "suite file suite.toml: backend: unknown backend 'tpu': "
-                              "choose one of transformers, vllm, openai, replay"),
+                              "choose one of transformers, vllm, openai, replay, or add it with a "
+                              "pytest_qtests_register_backends hook"),
     "suite-label-escaping-the-store": ('models = ["../../etc=org/x"]\n',
                                        "label '../../etc' must use letters, digits, '.', '_', '+', '-': "
                                        "rename it with LABEL=..."),
