@@ -96,4 +96,4 @@ def test_workflow_gate_commands_pass_on_the_zoo_without_running_the_reference(tm
     card = ModelCard.load(out / "README.md")
     accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
     assert accuracy.metric_value == run["summary"]["accuracy"] and accuracy.metric_args["max_tokens"] == 96
-    assert "paired with baseline baselines/bf16/zoo.json" in card.text and "| shared_expert | 12 | bf16 | 12 |" in card.text
+    assert f"paired with baseline {tmp_path / 'baselines' / 'bf16' / 'zoo.json'}." in card.text and "| shared_expert | 12 | bf16 | 12 |" in card.text
