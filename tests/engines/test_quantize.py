@@ -90,7 +90,9 @@ def test_provenance_records_recipe_settings_inputs_and_kept_modules(keep_attn):
 def test_same_build_matches_only_identical_inputs(keep_attn):
     existing = read_provenance(keep_attn)
     settings = QuantizeSettings("W4A16", "keep-attn", nsamples=8, seqlen=128, group_size=32)
-    calibration = prepare_calibration(CALIBRATION, None, settings, keep_attn)
+    from transformers import AutoTokenizer
+
+    calibration = prepare_calibration(CALIBRATION, AutoTokenizer.from_pretrained(REFERENCE), settings, keep_attn)
     assert same_build(existing, plan_provenance(REFERENCE, settings, RECIPES['keep-attn'], calibration))
     other = QuantizeSettings("W4A16", "keep-attn", nsamples=8, seqlen=128, group_size=32, seed=1)
     assert not same_build(existing, plan_provenance(REFERENCE, other, RECIPES['keep-attn'], calibration))
