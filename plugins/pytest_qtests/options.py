@@ -23,10 +23,10 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from pytest_qtests.store.cache import DEFAULT_CACHE_DIR
-from pytest_qtests.gate.expectations import Expectations, build_expectations
+from pytest_qtests.gate.expectations import build_expectations
 from pytest_qtests.evaluate.continuation import extended_cap
 from pytest_qtests.store.fingerprint import mismatch_field_names
-from pytest_qtests.gate.tolerances import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
+from pytest_qtests.gate.tolerances import parse_fail_on, parse_fail_on_mapping, parse_gate_mode
 from pytest_qtests.evaluate.parity import parse_parity
 from pytest_qtests.records import QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.settings import DEFAULT_CANARY, RunConfig

@@ -185,7 +185,7 @@ def _recipe_section(provenance: dict[str, Any] | None) -> list[str]:
     kept = ", ".join(recipe.get("kept_classes", [])) or "auto-round's own choice"
     return ["### How it was made", "", describe_provenance(provenance) + ".",
             f"Recipe `{recipe.get('name')}`: {recipe.get('description', '')} (kept 16-bit: {kept}).",
-            f"Calibration and model hashes, settings and library versions: `qtests_provenance.json`."]
+            "Calibration and model hashes, settings and library versions: `qtests_provenance.json`."]
 
 
 def _sampling_text(sampling: dict[str, Any]) -> str:
