@@ -125,6 +125,10 @@ class ConfidenceSequence:
             if self._differences:
                 self._sequence.update(np.concatenate(self._differences))
 
+    def differences(self) -> np.ndarray:
+        """Every difference seen so far, in order."""
+        return np.concatenate(self._differences) if self._differences else np.zeros(0)
+
     def bounds(self) -> tuple[float, float]:
         if not self._differences:
             return -1.0, 1.0
