@@ -18,14 +18,14 @@ EXPECTED_FAILURES = ZOO / "expected_failures.toml"
 
 
 def _zoo_defaults_in_use(config: pytest.Config) -> bool:
-    return getattr(config.option, "qt_config", None) == str(ZOO_SUITE)
+    return getattr(config.option, "qt_suite_file", None) == str(ZOO_SUITE)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     option = config.option
     if not (getattr(option, "qt_models", None) or getattr(option, "qt_reference", None)
-            or getattr(option, "qt_config", None)):
-        option.qt_config = str(ZOO_SUITE)
+            or getattr(option, "qt_suite_file", None)):
+        option.qt_suite_file = str(ZOO_SUITE)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -94,15 +94,15 @@ def heavy_imports(rerun: list[str]) -> list[str]:
 
 def in_process(limit: int, cache: Path) -> tuple[float, float]:
     """A first Evaluator run and a re-run by a fresh Evaluator on the same cache, in this process."""
-    from pytest_qtests.options import build_config
+    from pytest_qtests.options import GateOptions, build_config
     from pytest_qtests.evaluate.evaluator import Evaluator
 
-    config = build_config({
-        "qt_reference": f"bf16={zoo_bench.REFERENCE}", "qt_tasks": zoo_bench.TASK, "qt_limit": limit,
-        "qt_max_tokens": zoo_bench.MAX_TOKENS, "qt_sampling": zoo_bench.SAMPLING, "qt_backend": "vllm",
-        "qt_engine_args": [f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], "qt_canary": 0,
-        "qt_cache_dir": str(cache),
-    })
+    config = build_config(GateOptions(
+        reference=f"bf16={zoo_bench.REFERENCE}", tasks=[zoo_bench.TASK], limit=limit,
+        max_tokens=zoo_bench.MAX_TOKENS, sampling=zoo_bench.SAMPLING, backend="vllm",
+        engine_args=[f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], canary=0,
+        cache_dir=str(cache),
+    ))
     import vllm  # noqa: F401  (imports are a process cost, not the run's)
     times = []
     for _ in range(2):

@@ -35,25 +35,26 @@ def main() -> None:
     args = parser.parse_args()
     zoo_bench.prepare()
 
-    from pytest_qtests.evaluate import evaluator as runner
+    from pytest_qtests.engines.registry import register_backend
+    from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.engines.vllm_backend import VLLMBackend, _sampling_params
-    from pytest_qtests.options import build_config
+    from pytest_qtests.options import GateOptions, build_config
 
-    config = build_config({
-        "qt_reference": f"bf16={zoo_bench.REFERENCE}", "qt_tasks": zoo_bench.TASK, "qt_limit": args.limit,
-        "qt_max_tokens": zoo_bench.MAX_TOKENS, "qt_sampling": zoo_bench.SAMPLING, "qt_backend": "vllm",
-        "qt_engine_args": [f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], "qt_no_cache": True,
-        "qt_canary": 0,
-    })
+    config = build_config(GateOptions(
+        reference=f"bf16={zoo_bench.REFERENCE}", tasks=[zoo_bench.TASK], limit=args.limit,
+        max_tokens=zoo_bench.MAX_TOKENS, sampling=zoo_bench.SAMPLING, backend="vllm",
+        engine_args=[f"{k}={v}" for k, v in zoo_bench.ENGINE_ARGS.items()], no_cache=True,
+        canary=0,
+    ))
     reference = config.reference
     rss_start = zoo_bench.rss_mb()
     backend = VLLMBackend(reference, config.engine_args, dtype="bfloat16")
     load_s, llm = zoo_bench.timed(backend._load)
-    runner.create_backend = lambda _config, _variant: backend  # every Evaluator below shares this engine
+    register_backend("vllm", lambda _config, _variant: backend, replace=True)  # every Evaluator below shares this engine
 
     from vllm import TokensPrompt
 
-    requests = runner.Evaluator(config).requests(reference, zoo_bench.TASK)
+    requests = Evaluator(config).requests(reference, zoo_bench.TASK)
     tokenizer = llm.get_tokenizer()
     prompts = [TokensPrompt(prompt_token_ids=tokenizer.encode(r.prompt, add_special_tokens=False)) for r in requests]
     params = [_sampling_params(r) for r in requests]
@@ -64,7 +65,7 @@ def main() -> None:
         return sum(len(o.outputs[0].token_ids) for o in outputs)
 
     def qtests() -> int:
-        run = runner.Evaluator(config).run(reference, zoo_bench.TASK)
+        run = Evaluator(config).run(reference, zoo_bench.TASK)
         return sum(r.output_tokens for r in run.records)
 
     raw_times, qt_times, raw_tokens, qt_tokens = [], [], [], []

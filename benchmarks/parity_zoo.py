@@ -176,16 +176,16 @@ def greedy_parity(limit: int, max_tokens: int, engine_args: dict) -> tuple[dict,
     """Greedy outputs of both engines through the package's parity check; the texts to score next."""
     from transformers import AutoTokenizer
 
-    from pytest_qtests.options import build_config
+    from pytest_qtests.options import GateOptions, build_config
     from pytest_qtests.evaluate.parity_run import run_parity
     from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.tasks.prompts import render_prompt
 
-    config = build_config({
-        "qt_models": [f"tiny-qwen3next={REFERENCE}"], "qt_tasks": "zoo", "qt_limit": limit, "qt_canary": limit,
-        "qt_max_tokens": max_tokens, "qt_dtype": "bfloat16", "qt_no_cache": True,
-        "qt_engine_args": [f"{key}={value}" for key, value in engine_args.items()],
-    })
+    config = build_config(GateOptions(
+        models=[f"tiny-qwen3next={REFERENCE}"], tasks=["zoo"], limit=limit, canary=limit,
+        max_tokens=max_tokens, dtype="bfloat16", no_cache=True,
+        engine_args=[f"{key}={value}" for key, value in engine_args.items()],
+    ))
     evaluator = Evaluator(config)
     started = time.perf_counter()
     report = run_parity(evaluator, config.models[0], "zoo", ("vllm", "transformers"))

@@ -36,7 +36,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from scipy.stats import norm
 
-from pytest_qtests.gate.checks import CHECKS, check_accuracy, check_length, check_rate, parse_fail_on, parse_tolerance
+from pytest_qtests.gate.checks import check_accuracy, check_ratio, check_rate
+from pytest_qtests.gate.tolerances import CHECK_SPECS as CHECKS, parse_fail_on, parse_tolerance
 from pytest_qtests.gate.gatekeeping import check_weights, weighted_holm
 from pytest_qtests.gate.sequential import (
     SequentialCheck,
@@ -202,7 +203,7 @@ def fixed_p_values(data, tolerances, item_ids) -> list[float]:
         if CHECKS[check].kind == "rate":
             out.append(check_rate(check, ref, var, item_ids, tolerances[check]).p_value)
         else:
-            out.append(check_length(ref, var, item_ids, tolerances[check], n_resamples=1000).p_value)
+            out.append(check_ratio(check, ref, var, item_ids, tolerances[check], n_resamples=1000).p_value)
     return out
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from pytest_qtests.engines.base import EngineCapabilities
 from pytest_qtests.store.cache import GenerationCache, cached_generate
 from pytest_qtests.records import GenerationRecord, GenerationRequest, SamplingParams
 
@@ -57,6 +58,8 @@ class DeterministicBackend:
     """Fake engine: answers with :func:`expected_record`, optionally slowly, counting what it generated."""
 
     name = "fake"
+    capabilities = EngineCapabilities()  # generation only: prompts go in as they are
+    tokenizer = None
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
@@ -73,6 +76,9 @@ class DeterministicBackend:
         if progress:
             progress(len(requests))
         return [expected_record(request) for request in requests]
+
+    def device_info(self) -> dict:
+        return {}
 
     def close(self) -> None:
         pass

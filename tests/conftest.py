@@ -13,5 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ZOO = REPO / "fixtures" / "zoo"
+
+
+@pytest.fixture
+def register_backend(monkeypatch):
+    """``register_backend(name, factory)`` through the public API, into a registry restored after the test."""
+    from pytest_qtests.engines import registry
+
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+    return registry.register_backend

@@ -9,7 +9,7 @@ observes only; the generation is real.
 import json
 import os
 
-from pytest_qtests.engines.registry import transformers_backend
+from pytest_qtests.engines import transformers_backend
 
 _generate = transformers_backend.TransformersBackend.generate
 

@@ -14,10 +14,10 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_qtests import distributed
-from pytest_qtests.options import DEFAULT_FAIL_ON, RunConfig, build_config
+from pytest_qtests.options import GateOptions, RunConfig, add_gate_options, build_config
 from pytest_qtests.preflight import check_before_run
 from pytest_qtests.records import QtestsError, VariantSpec
-from pytest_qtests.session import CHECKS, GateSession, Verdict
+from pytest_qtests.session import SUITE_CHECKS, GateSession, Verdict
 
 _SESSION_KEY = pytest.StashKey[GateSession]()
 _NOTES_KEY = pytest.StashKey[str]()
@@ -46,68 +46,21 @@ class PolicyCase:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qtests", "quantized checkpoint gate")
-    add = group.addoption
-    add("--model", action="append", dest="qt_models", metavar="SPEC",
-        help="variant to test: [LABEL=]PATH_OR_HUB_ID[@REVISION] (repeatable)")
-    add("--reference", dest="qt_reference", metavar="SPEC", help="BF16 reference, evaluated live in this session")
-    add("--qt-config", dest="qt_config", metavar="FILE", help="suite file (YAML or TOML); flags override it")
-    add("--tasks", dest="qt_tasks", metavar="A,B", help="tasks (name, or name=PATH for a local file)")
-    add("--limit", dest="qt_limit", type=int, metavar="N", help="first N items of each task")
-    add("--max-tokens", dest="qt_max_tokens", type=int, metavar="N", help="output cap (default 2048)")
-    add("--repeats", dest="qt_repeats", type=int, metavar="K", help="samples per item (avg@K)")
-    add("--seed", dest="qt_seed", type=int, metavar="N", help="sampling seed")
-    add("--thinking", dest="qt_thinking", choices=("on", "off"), help="chat template thinking mode")
-    add("--sampling", dest="qt_sampling", metavar="PRESET", help="qwen-thinking (default), qwen-instruct, greedy")
-    add("--temperature", dest="qt_temperature", type=float, help="override the preset's temperature")
-    add("--backend", dest="qt_backend", choices=("transformers", "vllm", "openai", "replay"))
-    add("--dtype", dest="qt_dtype", help="engine dtype (default auto: checkpoint dtype; float32 on CPUs without bf16)")
-    add("--batch-size", dest="qt_batch_size", type=int, help="transformers generate batch size")
-    add("--engine-arg", action="append", dest="qt_engine_args", metavar="KEY=VALUE", help="vLLM engine argument")
-    add("--base-url", action="append", dest="qt_base_urls", metavar="URL",
-        help="OpenAI-compatible endpoint (repeatable: requests are spread over them); key from OPENAI_API_KEY")
-    add("--replay", action="append", dest="qt_replay", metavar="LABEL=FILE", help="outputs to score (replay backend)")
-    add("--trust-remote-code", action="append", dest="qt_trust_remote_code", metavar="LABEL",
-        help="allow this variant's remote code (off for every variant unless named)")
-    add("--fail-on", dest="qt_fail_on", metavar="RULES", help=f"tolerances, default {DEFAULT_FAIL_ON}")
-    add("--expect", action="append", dest="qt_expect", metavar="[LABEL:]TASK:METRIC=VALUE",
-        help="stored absolute expectation, vLLM CI style (repeatable), e.g. gsm8k:accuracy=0.78,rtol=0.08; "
-             "replaces the paired check of that metric")
-    add("--expect-rtol", dest="qt_expect_rtol", type=float, metavar="RTOL",
-        help="default relative tolerance of expectations (default 0.08, as vLLM's lm-eval tests)")
-    add("--gate-mode", dest="qt_gate_mode", help="evidence-of-harm (default) or non-inferiority")
-    add("--alpha", dest="qt_alpha", type=float, help="family-wise false-alarm rate per variant (default 0.05)")
-    add("--policy", action="append", dest="qt_policies", metavar="RULE",
-        help="checkpoint policy: keep-shared-expert, keep-linear-attn, keep-router, keep-lm-head, keep-attn, CLASS=FORMAT")
-    add("--canary", dest="qt_canary", type=int, metavar="N", help="canary items per variant (0 disables; default 16)")
-    add("--parity", dest="qt_parity", metavar="A,B",
-        help="also run each model on engines A and B (e.g. vllm,transformers) and compare greedy outputs and log-probs")
-    add("--save-baseline", dest="qt_save_baseline", action="store_true", help="store every evaluated model as a baseline")
-    add("--baseline", dest="qt_baseline", metavar="NAME_OR_PATH", help="stored baseline to compare with (no --reference)")
-    add("--baseline-dir", dest="qt_baseline_dir", metavar="DIR", help="baseline store (default baselines/)")
-    add("--allow-mismatch", action="append", dest="qt_allow_mismatch", metavar="FIELD",
-        help="accept a baseline whose fingerprint differs in FIELD")
-    add("--no-cache", dest="qt_no_cache", action="store_true", help="do not read or write the generation cache")
-    add("--cache-dir", dest="qt_cache_dir", metavar="DIR", help="generation cache (default .qtests/cache)")
-    add("--extend-truncated", dest="qt_extend_truncated", type=float, metavar="F",
-        help="after the run, continue every output cut at the cap up to F x the cap (reference and variants)")
-    add("--gpus-per-worker", dest="qt_gpus_per_worker", type=int, metavar="N",
-        help="with pytest-xdist -n: give each worker its own N GPUs (CUDA_VISIBLE_DEVICES slice by worker id)")
-    add("--qt-report", dest="qt_report", metavar="DIR", help="write results.json, summary.md, flips.jsonl and report.html here")
-
-
-def _options(config: pytest.Config) -> dict[str, Any]:
-    return {name: value for name, value in vars(config.option).items() if name.startswith("qt_")}
+    add_gate_options(group.addoption)
+    # Not a gate option: how pytest-xdist workers share the machine's GPUs.
+    group.addoption("--gpus-per-worker", dest="qt_gpus_per_worker", type=int, metavar="N",
+                    help="with pytest-xdist -n: give each worker its own N GPUs (CUDA_VISIBLE_DEVICES slice by worker id)")
 
 
 def _wants_qtests(config: pytest.Config) -> bool:
-    options = _options(config)
-    return bool(options.get("qt_models") or options.get("qt_reference") or options.get("qt_config"))
+    options = GateOptions.from_namespace(config.option)
+    return bool(options.models or options.reference or options.suite_file)
 
 
 def gate_session(config: pytest.Config) -> GateSession:
     """The session's gate, built on first use (after every conftest had its say about defaults)."""
     if _SESSION_KEY not in config.stash:
-        run_config: RunConfig = build_config(_options(config))
+        run_config: RunConfig = build_config(GateOptions.from_namespace(config.option))
         preloaded_tasks = check_before_run(run_config)
         session = GateSession(run_config)
         session.evaluator.preload_tasks(preloaded_tasks)
@@ -241,7 +194,7 @@ def enforce(verdict: Verdict, record_property: Any) -> None:
 
 
 def check_case(session: GateSession, case: Case, check: str, record_property: Any) -> None:
-    if check not in CHECKS:
+    if check not in SUITE_CHECKS:
         raise ValueError(f"unknown check {check}")
     try:
         verdict = session.verdict(case.variant, case.task, check)

@@ -15,8 +15,10 @@ from pytest_qtests.options import RunConfig
 from pytest_qtests.gate.expectations import Expectation, expectation_checks
 from pytest_qtests.store.fingerprint import check_compatible
 from pytest_qtests.gate.forensics import Forensics, build_forensics
-from pytest_qtests.gate.checks import CheckResult, apply_holm, run_checks
+from pytest_qtests.gate.checks import CheckResult, run_checks
+from pytest_qtests.gate.multiplicity import apply_holm
 from pytest_qtests.gate.stats import mean_or_none
+from pytest_qtests.evaluate.diagnosis import Diagnosis
 from pytest_qtests.evaluate.parity import ParityReport
 from pytest_qtests.audit.policies import evaluate_policy
 from pytest_qtests.build.provenance import describe_provenance, read_provenance
@@ -24,7 +26,8 @@ from pytest_qtests.records import ItemOutcome, QtestsError, VariantSpec
 from pytest_qtests.evaluate.evaluator import Evaluator, TaskRun
 from pytest_qtests.tasks.registry import task_spec_name
 
-CHECKS = ("degenerate", "accuracy", "truncation", "length")
+# The checks the standard suite has one test each for (qtests/test_gate.py), in its order.
+SUITE_CHECKS = ("degenerate", "accuracy", "truncation", "length")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class GateSession:
         self._audits: dict[str, AuditReport | QtestsError] = {}
         self._references: dict[tuple[str, str], ReferenceOutcomes | str] = {}
         self.parity_reports: dict[tuple[str, str], ParityReport] = {}
+        self.diagnoses: dict[tuple[str, str], Diagnosis] = {}
 
     # -- what the suite parametrizes over ----------------------------------------------------------------
     @property
@@ -135,7 +139,8 @@ class GateSession:
     def verdict(self, variant: VariantSpec, task: str, check: str) -> Verdict:
         run = self.run(variant, task)
         if check == "degenerate" and run.canary is not None and not run.canary.passed:
-            return Verdict(False, f"{variant.label} on {task}: {run.canary.message}", run.canary.junit_properties())
+            return Verdict(False, f"{variant.label} on {task}: {run.canary.message}; {self.diagnosis(variant, task).message}",
+                           run.canary.junit_properties())
         if not run.complete:
             return Verdict(None, f"{variant.label} failed its canary on {task} after {run.canary.spent}; "
                                  f"full run not made, {check} not judged")
@@ -153,6 +158,8 @@ class GateSession:
         message = f"{variant.label} on {task}: {result.message}"
         if check in ("truncation", "accuracy") and not result.passed:
             message += f"; {self.forensics(variant, task).verdict_clause()}"
+        if check == "degenerate" and not result.passed:
+            message += f"; {self.diagnosis(variant, task).message}"
         return Verdict(result.passed, message + where, result.junit_properties())
 
     def forensics(self, variant: VariantSpec, task: str) -> Forensics | None:
@@ -177,6 +184,25 @@ class GateSession:
         report = self.parity_reports[key]
         return Verdict(report.passed, report.message, report.junit_properties())
 
+    def diagnosis(self, variant: VariantSpec, task: str) -> Diagnosis:
+        """Why ``variant`` emits gibberish on ``task``: load report, export defects, per-layer localisation."""
+        from pytest_qtests.evaluate.diagnosis import diagnose
+
+        key = (variant.label, task)
+        if key not in self.diagnoses:
+            try:
+                defects = self.audit(variant).defects
+            except QtestsError:
+                defects = []
+            reference = self.config.reference
+            texts = "no live --reference" if reference is None else self.evaluator.reference_canary_scores(task)
+            try:
+                self.diagnoses[key] = diagnose(None if reference is None else reference.source, variant.source,
+                                               variant.label, texts if isinstance(texts, str) else texts[0], defects)
+            except QtestsError as error:
+                self.diagnoses[key] = Diagnosis(variant.label, None, defects, None, str(error))
+        return self.diagnoses[key]
+
     # -- checkpoint audit ----------------------------------------------------------------------------
     def audit(self, variant: VariantSpec) -> AuditReport:
         if variant.label not in self._audits:
@@ -190,8 +216,10 @@ class GateSession:
         return found
 
     def policy_verdict(self, variant: VariantSpec, policy: str) -> Verdict:
-        result = evaluate_policy(self.audit(variant), policy)
-        return Verdict(result.passed, f"{variant.label}: {result.message}")
+        report = self.audit(variant)
+        result = evaluate_policy(report, policy)
+        defects = "".join(f"; export defect: {finding.message}" for finding in report.defects)
+        return Verdict(result.passed and not report.defects, f"{variant.label}: {result.message}{defects}")
 
     # -- baselines and summary ------------------------------------------------------------------------
     def save_baselines(self) -> list[str]:

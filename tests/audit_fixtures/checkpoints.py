@@ -254,6 +254,20 @@ def _write_shard(path: Path, tensors: Tensors) -> None:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
         handle.truncate(8 + len(raw) + offset)
+        _write_unit_scales(handle, header, 8 + len(raw))
+
+
+# Per-tensor scales the audit reads (``audit/defects.py``): a hole would read as a zero scale, a defect.
+_SCALAR_SCALES = ("weight_global_scale", "input_global_scale", "weight_scale_2", "input_scale")
+
+
+def _write_unit_scales(handle, header: dict, base: int) -> None:
+    """Give every F32 per-tensor scale the value 1.0, as a healthy export has some positive value."""
+    for name, value in header.items():
+        if name != "__metadata__" and name.endswith(_SCALAR_SCALES) and value["dtype"] == "F32":
+            begin, end = value["data_offsets"]
+            handle.seek(base + begin)
+            handle.write(struct.pack("<f", 1.0) * ((end - begin) // 4))
 
 
 def raw_header_bytes(directory: Path) -> int:
@@ -345,4 +359,5 @@ def restore_real(name: str, directory: Path) -> Path:
         handle.write(struct.pack("<Q", len(raw)))
         handle.write(raw)
         handle.truncate(8 + len(raw) + end)
+        _write_unit_scales(handle, header, 8 + len(raw))
     return directory

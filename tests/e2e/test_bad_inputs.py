@@ -169,6 +169,9 @@ COMMAND_LINES = {
     "unknown-policy": (REPLAY + ["--policy", "keep-everything"],
                        "unknown policy 'keep-everything': use one of keep-shared-expert, keep-linear-attn, "
                        "keep-router, keep-lm-head, keep-attn or CLASS=FORMAT"),
+    "unknown-policy-in-a-list": (REPLAY + ["--policy", "keep-shared-expert,keep-everything"],
+                                 "unknown policy 'keep-everything': use one of keep-shared-expert, keep-linear-attn, "
+                                 "keep-router, keep-lm-head, keep-attn or CLASS=FORMAT"),
     "trust-remote-code-for-no-model": (REPLAY + ["--trust-remote-code", "vra"],
                                        "--trust-remote-code names no model of this run: vra; "
                                        "pass the LABEL of a --model or --reference"),
@@ -221,6 +224,9 @@ SUITE_FILES = {
     "suite-unknown-field": ('models = ["x=org/x"]\nmax_token = 96\n',
                             "suite file suite.toml: (top level): Additional properties are not allowed "
                             "('max_token' was unexpected)"),
+    "suite-unknown-backend": ('models = ["x=org/x"]\nbackend = "tpu"\n',
+                              "suite file suite.toml: backend: unknown backend 'tpu': "
+                              "choose one of transformers, vllm, openai, replay"),
     "suite-label-escaping-the-store": ('models = ["../../etc=org/x"]\n',
                                        "label '../../etc' must use letters, digits, '.', '_', '+', '-': "
                                        "rename it with LABEL=..."),
@@ -330,6 +336,53 @@ def test_report_directory_that_cannot_be_made_is_one_line(work):
             "--baseline-dir") in run.lines
     assert_clean(run)
     assert not any(name.endswith(".tmp") for name in files_in(work))
+
+
+# -- the qtests command: exit 2, one line, nothing loaded -------------------------------------------------
+
+
+def run_qtests(cwd: Path, *args: str) -> Run:
+    done = subprocess.run([sys.executable, "-m", "pytest_qtests.cli.main", *args], cwd=cwd, env=gate_env(),
+                          capture_output=True, text=True, timeout=300)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def _defect_builders():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("audit_defects", REPO / "tests" / "audit_fixtures" / "defects.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checkpoint_with_an_unreadable_scale_tensor_is_one_line(tmp_path):
+    """A global scale stored as int64: the audit cannot read it as a scale and says which tensor."""
+    builders = _defect_builders()
+    directory = builders.unreadable_scale(tmp_path / "unreadable")
+    run = run_qtests(tmp_path, "audit", str(directory))
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"qtests: error: {directory / 'model.safetensors'}: {builders.ZEROED_EXPERT}.weight_global_scale is stored "
+        "as I64, but a scale must be a float tensor (F32, F16 or BF16); re-export the checkpoint"]
+    assert_clean(run)
+
+
+@pytest.mark.parametrize("args, line", [
+    ([str(TINY), str(ZOO / "qwen35-moe-twin")],
+     f"{ZOO / 'qwen35-moe-twin'} is not a variant of {TINY} (model_type qwen3_next vs qwen3_5_moe_text); "
+     "diagnose a quantized checkpoint against the reference it was made from"),
+    ([str(TINY), "/nonexistent/model"],
+     "cannot read /nonexistent/model/config.json ([Errno 2] No such file or directory: "
+     "'/nonexistent/model/config.json'); diagnose takes two local checkpoint directories"),
+    ([str(TINY), str(ZOO / "int4-default"), "--texts", "0"], "--texts must be at least 1, got 0"),
+], ids=["mismatched-architectures", "missing-variant", "no-texts"])
+def test_diagnose_refuses_what_it_cannot_compare_before_loading_a_model(tmp_path, args, line):
+    run = run_qtests(tmp_path, "diagnose", *args)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"qtests: error: {line}"]
+    assert_clean(run)
+    assert files_in(tmp_path) == set()
 
 
 # -- safety ------------------------------------------------------------------------------------------------

@@ -88,8 +88,13 @@ def test_small_sweep_builds_gates_and_reuses(tmp_path, monkeypatch, capsys):
     assert again["w2a16-recommended"]["delta_accuracy"] == variant["delta_accuracy"]
 
 
-def test_sweep_rejects_bad_gate_flags_before_building(tmp_path, capsys):
-    code = main(["sweep", str(ZOO / "tiny-qwen3next"), "--schemes", "W4A16", "--fail-on", "accuracy:lots",
-                 "-o", str(tmp_path / "sweep")])
-    assert code == 2 and "Traceback" not in capsys.readouterr().err
+@pytest.mark.parametrize("flags, line", [
+    (["--fail-on", "accuracy:lots"], "qtests: error: --fail-on: cannot read 'accuracy:lots'"),
+    (["--backend", "openai"], "qtests: error: --backend openai cannot load the checkpoints a sweep builds: "
+                              "use --backend transformers or vllm"),
+])
+def test_sweep_rejects_bad_gate_flags_before_building(tmp_path, capsys, flags, line):
+    code = main(["sweep", str(ZOO / "tiny-qwen3next"), "--schemes", "W4A16", *flags, "-o", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.startswith(line) and err.count("\n") == 1
     assert not (tmp_path / "sweep" / "variants").exists()

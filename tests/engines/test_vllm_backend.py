@@ -38,7 +38,7 @@ QUESTIONS = ["12345+678", "4821+37", "9+8", "70615+29487"]
 def offline_engine_env():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM-CPU would otherwise take a share of all memory
+        patch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # qtests sizes the KV cache from the run
         yield
 
 
@@ -275,3 +275,18 @@ def test_truncated_outputs_continue_from_their_own_tokens_to_a_larger_cap(backen
             again.finish_reason, again.thinking_tokens, again.thinking_closed)
     # only the rest was decoded: fewer tokens than re-running the truncated items
     assert sum(r.output_tokens for r in rests) == sum(r.output_tokens for r in fresh) - cap * len(picked)
+
+
+def test_an_engine_that_cannot_reserve_its_memory_says_why_and_what_to_set(offline_engine_env):
+    """vLLM-CPU's own reservation (a share of *all* memory) as a user who asks for it gets it: the one-line
+    error carries vLLM's cause and the qtests fix, not "Engine core initialization failed"."""
+    import psutil
+
+    too_much = {**FAST_START, "gpu_memory_utilization": "0.999"}  # more than is ever free on a running machine
+    assert psutil.virtual_memory().available < 0.999 * psutil.virtual_memory().total
+    with pytest.raises(EngineLoadError) as raised:
+        VLLMBackend(REFERENCE, too_much).generate([greedy("<|im_start|>user\n1+1<|im_end|>\n", max_tokens=4)])
+    message = str(raised.value)
+    assert "\n" not in message and "initialization failed" not in message
+    assert "less than desired CPU memory utilization" in message
+    assert "--engine-arg kv_cache_memory_bytes=BYTES" in message and "VLLM_CPU_KVCACHE_SPACE" in message

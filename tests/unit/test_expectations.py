@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from gsm8k_replays import GSM8K, a_output, b_output, gsm8k_rows, hand_count, write_replay
 
-from pytest_qtests.options import build_config
+from pytest_qtests.options import GateOptions, build_config
 from pytest_qtests.gate.expectations import (
     DEFAULT_RTOL,
     Expectation,
@@ -97,18 +97,18 @@ def test_suite_file_expectations_are_validated_with_the_field_named(tmp_path, ex
     suite = write_suite(tmp_path / "suite.toml",
                         'models = ["int4=example/int4"]\ntasks = ["gsm8k"]\nbackend = "replay"\n' + expect)
     with pytest.raises(QtestsError) as caught:
-        build_config({"qt_config": suite})
+        build_config(GateOptions(suite_file=suite))
     assert problem in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_command_line_expectations_must_name_a_task_and_variant_of_the_run(tmp_path):
     with pytest.raises(QtestsError, match=r"--expect aime25:accuracy=0.5: expectation for task 'aime25'"):
-        build_config({"qt_models": ["int4=example/int4"], "qt_tasks": "gsm8k", "qt_expect": ["aime25:accuracy=0.5"]})
+        build_config(GateOptions(models=["int4=example/int4"], tasks=["gsm8k"], expect=["aime25:accuracy=0.5"]))
     with pytest.raises(QtestsError, match=r"expectation for variant 'int5'"):
-        build_config({"qt_models": ["int4=example/int4"], "qt_tasks": "gsm8k", "qt_expect": ["int5:gsm8k:accuracy=0.5"]})
+        build_config(GateOptions(models=["int4=example/int4"], tasks=["gsm8k"], expect=["int5:gsm8k:accuracy=0.5"]))
     # a task given with its data file is named by its task name
-    config = build_config({"qt_models": ["int4=example/int4"], "qt_tasks": f"gsm8k={GSM8K}",
-                           "qt_expect": ["gsm8k:accuracy=0.5"], "qt_expect_rtol": 0.2})
+    config = build_config(GateOptions(models=["int4=example/int4"], tasks=[f"gsm8k={GSM8K}"],
+                                      expect=["gsm8k:accuracy=0.5"], expect_rtol=0.2))
     assert config.expectations.for_run("int4", "gsm8k")["accuracy"] == Expectation(
         "accuracy", 0.5, 0.2, "--expect gsm8k:accuracy=0.5")
 
@@ -215,9 +215,9 @@ def test_a_lone_reference_is_held_to_its_expectations(tmp_path):
 
     rows = gsm8k_rows(40)
     write_replay(tmp_path / "a.jsonl", rows, a_output)
-    config = build_config({"qt_reference": "bf16=example/bf16", "qt_tasks": "gsm8k", "qt_limit": 40,
-                           "qt_backend": "replay", "qt_replay": [f"bf16={tmp_path / 'a.jsonl'}"], "qt_no_cache": True,
-                           "qt_expect": ["bf16:gsm8k:accuracy=0.99,rtol=0"]})
+    config = build_config(GateOptions(reference="bf16=example/bf16", tasks=["gsm8k"], limit=40,
+                                      backend="replay", replay=[f"bf16={tmp_path / 'a.jsonl'}"], no_cache=True,
+                                      expect=["bf16:gsm8k:accuracy=0.99,rtol=0"]))
     gate = GateSession(config)
     try:
         [reference] = gate.variants

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_qtests.engines.base import make_record
 from pytest_qtests.store.cache import request_key
-from pytest_qtests.options import build_config
+from pytest_qtests.options import GateOptions, build_config
 from pytest_qtests.evaluate.continuation import Extension, continuation_requests, extended_cap, merge_continuation
 from pytest_qtests.gate.forensics import build_forensics, compare_at_cap, truncation_split
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, SamplingParams
@@ -146,18 +146,18 @@ def test_continuation_ids_change_the_cache_key_only_when_set():
 
 
 def test_the_option_is_validated_up_front(tmp_path):
-    options = {"qt_models": ["m=some/model"], "qt_max_tokens": 48}
-    assert build_config({**options, "qt_extend_truncated": 2.0}).extend_truncated == 2.0
+    options = {"models": ["m=some/model"], "max_tokens": 48}
+    assert build_config(GateOptions(**options, extend_truncated=2.0)).extend_truncated == 2.0
     with pytest.raises(QtestsError, match="factor above 1"):
-        build_config({**options, "qt_extend_truncated": 1.0})
+        build_config(GateOptions(**options, extend_truncated=1.0))
     with pytest.raises(QtestsError, match="replay backend only scores stored ones"):
-        build_config({**options, "qt_extend_truncated": 2.0, "qt_backend": "replay"})
+        build_config(GateOptions(**options, extend_truncated=2.0, backend="replay"))
     suite = tmp_path / "suite.toml"
     suite.write_text('models = ["m=some/model"]\nextend_truncated = 1.5\n')
-    assert build_config({"qt_config": str(suite)}).extend_truncated == 1.5
+    assert build_config(GateOptions(suite_file=str(suite))).extend_truncated == 1.5
     suite.write_text('models = ["m=some/model"]\nextend_truncated = 0.5\n')
     with pytest.raises(QtestsError, match="extend_truncated"):
-        build_config({"qt_config": str(suite)})
+        build_config(GateOptions(suite_file=str(suite)))
 
 
 # -- reports -----------------------------------------------------------------------------------------

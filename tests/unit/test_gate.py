@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from pytest_qtests.gate.checks import (
-    CHECKS,
-    apply_holm,
     align_outcomes,
     check_absolute,
     check_accuracy,
     check_length,
     check_rate,
     check_truncation,
+    run_checks,
+    verdict_message,
+)
+from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.tolerances import (
+    CHECK_SPECS,
     parse_fail_on,
     parse_fail_on_mapping,
     parse_gate_mode,
     parse_tolerance,
-    run_checks,
 )
 from pytest_qtests.records import ItemOutcome, QtestsError
 from pytest_qtests.gate.stats import paired_binary_test
@@ -365,4 +370,160 @@ def test_runs_over_different_samples_are_refused():
 
 def test_every_check_key_reads_a_real_outcome_field():
     fields = set(ItemOutcome.__dataclass_fields__)
-    assert all(spec.outcome_field in fields for spec in CHECKS.values())
+    assert all(spec.outcome_field in fields for spec in CHECK_SPECS.values())
+
+
+# -------------------------------------------------------------------------------------------------
+# Properties of the checks, whatever the data
+
+PROPERTIES = settings(max_examples=40, deadline=None)
+MODES = st.sampled_from(["evidence-of-harm", "non-inferiority"])
+
+
+@st.composite
+def paired_rates(draw, max_items: int = 60):
+    """Per-sample 0/1 outcomes of both models, aligned by (item, sample), with 1, 2 or 4 samples per item.
+
+    Powers of two keep per-item means and their complements exact in floating point, so mirrored data
+    give bit-for-bit mirrored differences (the sign-flip test counts ties at the bound exactly).
+    """
+    n_items = draw(st.integers(1, max_items))
+    repeats = draw(st.sampled_from([1, 2, 4]))
+    size = n_items * repeats
+    reference = np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)), dtype=float)
+    variant = np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)), dtype=float)
+    return reference, variant, np.repeat([f"q{i}" for i in range(n_items)], repeats)
+
+
+@st.composite
+def paired_lengths(draw, max_items: int = 40):
+    n_items = draw(st.integers(2, max_items))
+    lengths = st.lists(st.integers(1, 4000), min_size=n_items, max_size=n_items)
+    return (np.array(draw(lengths), dtype=float), np.array(draw(lengths), dtype=float),
+            [f"q{i}" for i in range(n_items)])
+
+
+@PROPERTIES
+@given(paired_rates(), st.integers(0, 20), MODES)
+def test_accuracy_and_the_truncation_of_the_complement_are_one_check_mirrored(data, points, mode):
+    """A drop in a "higher is better" rate is a rise in its complement: the direction is wired both ways alike."""
+    reference, variant, ids = data
+    accuracy = check_rate("accuracy", reference, variant, ids, parse_tolerance("accuracy", f"-{points}pp"),
+                          mode=mode, n_resamples=200)
+    truncation = check_rate("truncation", 1 - reference, 1 - variant, ids,
+                            parse_tolerance("truncation", f"+{points}pp"), mode=mode, n_resamples=200)
+    assert truncation.estimate == pytest.approx(-accuracy.estimate, abs=1e-12)
+    assert truncation.p_value == pytest.approx(accuracy.p_value, rel=1e-9, abs=1e-12)
+    assert truncation.passed == accuracy.passed
+    assert (truncation.ci_low, truncation.ci_high) == pytest.approx((-accuracy.ci_high, -accuracy.ci_low), abs=1e-6)
+
+
+@PROPERTIES
+@given(paired_rates(), st.integers(0, 20), st.sampled_from([0.01, 0.05, 0.2]))
+def test_no_rate_data_show_both_harm_and_non_inferiority(data, points, alpha):
+    """The two modes read one margin from opposite sides: data cannot fail the lenient and pass the strict."""
+    reference, variant, ids = data
+    tolerance = parse_tolerance("accuracy", f"-{points}pp")
+    lenient = check_rate("accuracy", reference, variant, ids, tolerance, alpha, "evidence-of-harm", 200)
+    strict = check_rate("accuracy", reference, variant, ids, tolerance, alpha, "non-inferiority", 200)
+    assert lenient.passed or not strict.passed
+    assert strict.passed <= lenient.passed
+
+
+@PROPERTIES
+@given(paired_lengths(), st.sampled_from(["length", "length_p95"]), st.sampled_from(["1.0x", "1.25x", "2x"]))
+def test_no_length_data_show_both_harm_and_non_inferiority(data, check, limit):
+    reference, variant, ids = data
+    tolerance = parse_tolerance(check, limit)
+    lenient = check_length(reference, variant, ids, tolerance, check=check, n_resamples=200)
+    strict = check_length(reference, variant, ids, tolerance, check=check, mode="non-inferiority", n_resamples=200)
+    assert strict.passed <= lenient.passed
+
+
+@PROPERTIES
+@given(paired_lengths(), st.integers(-8, 8), MODES)
+def test_length_ratio_does_not_depend_on_the_unit_of_length(data, exponent, mode):
+    """Scaling every length by a power of two (exact in floating point) leaves the ratio check unchanged."""
+    reference, variant, ids = data
+    tolerance = parse_tolerance("length", "1.25x")
+    plain = check_length(reference, variant, ids, tolerance, mode=mode, n_resamples=200)
+    scaled = check_length(reference * 2.0**exponent, variant * 2.0**exponent, ids, tolerance, mode=mode,
+                          n_resamples=200)
+    assert (scaled.estimate, scaled.ci_low, scaled.ci_high, scaled.p_value, scaled.passed) == (
+        plain.estimate, plain.ci_low, plain.ci_high, plain.p_value, plain.passed)
+
+
+@st.composite
+def check_families(draw):
+    """A family as a session builds it: paired checks in either mode, and absolute checks without a p-value."""
+    family = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["evidence-of-harm", "non-inferiority", "absolute"]))
+        if kind == "absolute":
+            family.append(check_absolute("accuracy", draw(st.floats(0, 1)), draw(st.floats(0.01, 1)), 0.08))
+            continue
+        both, lost, gained, neither = (draw(st.integers(0, 40)) for _ in range(4))
+        if both + lost + gained + neither == 0:
+            neither = 1
+        reference, variant, ids = paired_binary(both, lost, gained, neither)
+        family.append(check_accuracy(reference, variant, ids, ACCURACY_0PP, mode=kind))
+    return family
+
+
+@PROPERTIES
+@given(check_families())
+def test_holm_only_raises_p_values_of_evidence_of_harm_checks_and_leaves_the_rest(family):
+    adjusted = apply_holm(family)
+    harm = [r for r in family if r.mode == "evidence-of-harm"]
+    assert len(adjusted) == len(family)
+    for before, after in zip(family, adjusted):
+        if before.mode != "evidence-of-harm":
+            assert after == before
+            continue
+        assert after.adjusted_p_value >= before.p_value
+        assert after.passed >= before.passed  # adjustment can clear a failure, never cause one
+        assert after.details["holm_family_size"] == len(harm)
+        assert after.message == verdict_message(after)
+        assert f"Holm-adjusted over {len(harm)} checks" in after.message
+        if len(harm) == 1:
+            assert after.adjusted_p_value == before.p_value and after.passed == before.passed
+
+
+@st.composite
+def outcome_runs(draw):
+    """Two runs over the same (item, sample) keys, with any correctness, truncation and length."""
+    keys = [(f"q{i}", s) for i in range(draw(st.integers(2, 25))) for s in range(draw(st.sampled_from([1, 2])))]
+    def run():
+        return [ItemOutcome(item, sample, draw(st.booleans()), draw(st.booleans()), draw(st.integers(1, 500)),
+                            draw(st.integers(0, 200)), True, degenerate=draw(st.booleans()))
+                for item, sample in keys]
+    return run(), run()
+
+
+@PROPERTIES
+@given(outcome_runs(), st.randoms(use_true_random=False), MODES)
+def test_run_checks_pair_samples_by_key_not_by_position(runs, random, mode):
+    reference, variant = runs
+    tolerances = parse_fail_on("accuracy:-2pp,truncation:+5pp,degenerate:0,length:1.25x,length_p95:1.5x")
+    ordered = run_checks(reference, variant, tolerances, mode=mode, n_resamples=200)
+    shuffled_reference, shuffled_variant = random.sample(reference, len(reference)), random.sample(variant, len(variant))
+    assert run_checks(shuffled_reference, shuffled_variant, tolerances, mode=mode, n_resamples=200) == ordered
+    assert [r.check for r in ordered] == list(tolerances)
+
+
+@PROPERTIES
+@given(st.sampled_from(sorted(CHECK_SPECS)), st.integers(0, 100), st.sampled_from(["pp", "%", ""]))
+def test_the_worse_sign_may_be_left_out(check, magnitude, unit):
+    """``accuracy:2pp`` reads as ``accuracy:-2pp``: a tolerance can only point the worse way."""
+    spec = CHECK_SPECS[check]
+    if spec.kind == "ratio":
+        unit = "%" if unit == "%" else "x"
+        number = str(magnitude) if unit == "%" else str(1 + magnitude / 10)
+        worse_sign = "+"
+    else:
+        number = str(magnitude) if unit else str(magnitude / 100)
+        worse_sign = "-" if spec.worse == "lower" else "+"
+    signed = parse_tolerance(check, f"{worse_sign}{number}{unit}")
+    bare = parse_tolerance(check, f"{number}{unit}")
+    assert (signed.value, signed.relative) == (bare.value, bare.relative)
+    assert signed.value <= 0 if spec.worse == "lower" and spec.kind == "rate" else signed.value >= 0

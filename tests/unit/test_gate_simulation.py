@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_qtests.gate.checks import apply_holm, check_accuracy, check_length, check_truncation, parse_fail_on
+from pytest_qtests.gate.checks import check_accuracy, check_length, check_truncation
+from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.tolerances import parse_fail_on
 from pytest_qtests.gate.stats import (
     degrade,
     difficulty_model_variances,

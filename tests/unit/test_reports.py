@@ -23,7 +23,9 @@ import pytest
 from pytest_qtests.options import DEFAULT_FAIL_ON
 from pytest_qtests.evaluate.degeneracy import DetectorThresholds, assess, calibrate
 from pytest_qtests.store.fingerprint import Fingerprint
-from pytest_qtests.gate.checks import apply_holm, parse_fail_on, run_checks
+from pytest_qtests.gate.checks import run_checks
+from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.tolerances import parse_fail_on
 from pytest_qtests.records import GenerationRecord, ItemOutcome, QtestsError, SamplingParams, TaskItem
 from pytest_qtests.report.evidence import (
     RunEvidence,
@@ -41,6 +43,8 @@ from pytest_qtests.report.files import (
 from pytest_qtests.report.plots import PLOTS
 from pytest_qtests.report.terminal import render_entries
 from pytest_qtests.evaluate.evaluator import CanaryResult
+from pytest_qtests.audit.defects import Finding
+from pytest_qtests.evaluate.diagnosis import Diagnosis, LayerError, Localisation, LoadReport
 from pytest_qtests.gate.stats import wilson_interval
 from pytest_qtests.thinking import thinking_extent
 
@@ -154,11 +158,20 @@ def build_scenario(footprints: bool = True) -> Scenario:
         entries.append(RunEvidence("broken", task, "variant", row("broken", task, "variant", broken_outcomes,
                                    1_200_000 if footprints else None, canary), broken_outcomes, broken_records,
                                    fingerprint("broken", task), canary, False, source, ref_outcomes, ref_records, items))
+        entries[-1].diagnosis = BROKEN_DIAGNOSIS
     settings = {"reference": "bf16", "baseline": None, "tasks": list(TASKS), "backend": "transformers",
                 "gate_mode": "evidence-of-harm", "alpha": 0.05,
                 "fail_on": {k: t.text for k, t in TOLERANCES.items()}, "max_tokens": CAP, "repeats": 1,
                 "canary": 8, "limit": N_ITEMS, "thinking": True}
     return Scenario(entries, settings)
+
+
+# What the gate attaches to a variant that failed its canary (numbers of the zoo's nvfp4-broken, rounded).
+BROKEN_DIAGNOSIS = Diagnosis(
+    "broken", LoadReport(("model.layers.0.mlp.experts.0.up_proj.weight_global_scale",), (), ()),
+    [Finding("scale-outlier", ("model.layers.0.mlp.experts.0.up_proj",), "model.layers.0.mlp.experts.0.up_proj: reset")],
+    Localisation(8, 354, (LayerError(0, 1.6e12, {"linear_attn": 0.096, "routed_experts": 2.0e12, "shared_expert": 0.084}),
+                          LayerError(1, float("nan"), {"self_attn": 1.2, "routed_experts": float("nan")}))))
 
 
 @pytest.fixture(scope="module")

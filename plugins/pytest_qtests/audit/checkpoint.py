@@ -2,9 +2,10 @@
 
 A "4-bit" label can hide a checkpoint that keeps every attention layer in BF16 and saves almost
 nothing over FP8, or one that quantized the fragile MoE shared expert. ``audit`` reads the configs
-and safetensors headers only (never tensor data), groups tensors into modules, classifies each
+and safetensors headers only (never weight data), groups tensors into modules, classifies each
 module (attention, linear attention, experts, shared expert, router, ...), reads its stored format
-off its tensors, and cross-checks that against what the quantization config claims.
+off its tensors, and cross-checks that against what the quantization config claims. Export defects
+(``defects.py``) additionally read the few floats of each per-tensor scale.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_qtests.audit.defects import SCALAR_SCALES, Finding, find_defects
 from pytest_qtests.audit.formats import QuantConfig, parse_quant_config
 from pytest_qtests.audit.headers import TensorHeader, read_headers
 from pytest_qtests.audit.storage import describe_storage, is_linear_module, is_quantized_format, split_role
@@ -133,6 +135,7 @@ class AuditReport:
     footprint_bytes: int
     params: int
     notes: list[str] = field(default_factory=list)
+    defects: list[Finding] = field(default_factory=list)
 
     @property
     def bf16_bytes(self) -> int:
@@ -164,6 +167,7 @@ class AuditReport:
             ],
             "disagreements": [{**asdict(d), "message": d.message} for d in self.disagreements],
             "notes": self.notes,
+            "defects": [finding.to_dict() for finding in self.defects],
         }
         if with_modules:
             data["modules"] = [{**asdict(m), "quantized": m.quantized} for m in self.modules]
@@ -186,6 +190,10 @@ def audit(checkpoint: str | Path, revision: str | None = None) -> AuditReport:
     modules = [_audit_module(name, roles, classes[name], linear[name], config) for name, roles in grouped.items()]
     modules.sort(key=lambda m: m.name)
     notes = list(config.notes) + _storage_notes(modules)
+    disagreements = _cross_check(modules)
+    local = Path(headers.source).is_dir()
+    if not local and any(SCALAR_SCALES & set(m.tensors) for m in modules):
+        notes.append("scale values not read (hub checkpoint: headers only); audit a local copy to check them")
     return AuditReport(
         source=headers.source,
         architecture=_architecture(headers.configs.get("config.json", {})),
@@ -194,10 +202,11 @@ def audit(checkpoint: str | Path, revision: str | None = None) -> AuditReport:
         shards=len(headers.shards),
         modules=modules,
         classes=_summarize(modules),
-        disagreements=_cross_check(modules),
+        disagreements=disagreements,
         footprint_bytes=sum(t.nbytes for t in headers.tensors),
         params=sum(m.params for m in modules),
         notes=notes,
+        defects=find_defects(headers, modules, disagreements, local),
     )
 
 

@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,22 +87,46 @@ def prepare_calibration(spec: str | None, tokenizer: Any, settings: QuantizeSett
     if path.suffix == ".jsonl" or path.is_file():
         if not path.is_file():
             raise QtestsError(f"calibration file {path} does not exist; pass a JSONL file or a task name")
-        _check_calibration_file(path)
+        _check_calibration_file(path, tokenizer, settings.seqlen)
         return Calibration(str(spec), path.resolve(), sha256_file(path))
     target = scratch / "calibration.jsonl"
     write_task_calibration(spec, tokenizer, settings, target)
     return Calibration(f"task {spec}", target, sha256_file(target))
 
 
-def _check_calibration_file(path: Path) -> None:
+def _check_calibration_file(path: Path, tokenizer: Any, seqlen: int) -> None:
+    """Each line a ``{"text": ...}`` object, and at least one reaching ``seqlen`` tokens: auto-round drops
+    shorter samples, and with none left it only logs "no data has been cached" and fails later."""
+    longest = 0
     with path.open() as handle:
-        first = handle.readline()
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise QtestsError(f"calibration file {path}: each line must be a JSON object with a \"text\" string")
+            longest = max(longest, len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]))
+            if longest >= seqlen:
+                return
+    raise QtestsError(f"calibration file {path}: no line reaches --seqlen {seqlen} tokens (the longest has {longest}), "
+                      f"and auto-round drops shorter samples; pass --seqlen {longest} or less, or pack longer lines")
+
+
+def fit_to_context(settings: QuantizeSettings, model: str) -> QuantizeSettings:
+    """``settings`` with ``seqlen`` clamped to the model's context: auto-round cannot calibrate on positions
+    the model was not built for (the default 2048 exceeds many small models' context)."""
+    from transformers import AutoConfig
+
+    from pytest_qtests.engines.transformers_backend import context_length
+
     try:
-        row = json.loads(first)
-    except json.JSONDecodeError:
-        row = None
-    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise QtestsError(f"calibration file {path}: each line must be a JSON object with a \"text\" string")
+        context = context_length(AutoConfig.from_pretrained(model))
+    except (OSError, ValueError) as error:
+        raise QtestsError(f"cannot read the config of {model}: {str(error).splitlines()[0]}") from None
+    if context is None or settings.seqlen <= context:
+        return settings
+    return replace(settings, seqlen=context)
 
 
 def write_task_calibration(spec: str, tokenizer: Any, settings: QuantizeSettings, target: Path) -> None:
@@ -158,6 +183,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
     the recipe promised (checked with the audit's policies on the staged checkpoint).
     """
     recipe = check_request(settings)
+    settings = fit_to_context(settings, model)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QtestsError(f"{out} is a file; -o takes the checkpoint directory to write")

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pytest_qtests.build.provenance import plan_provenance, read_provenance, same_build
-from pytest_qtests.build.quantize import check_request, prepare_calibration, quantize
+from pytest_qtests.build.quantize import check_request, fit_to_context, prepare_calibration, quantize
 from pytest_qtests.build.recipes import RECIPES, SCHEMES, QuantizeSettings
 from pytest_qtests.gate.stats import mean_or_none
+from pytest_qtests.options import GateOptions, build_config
 from pytest_qtests.records import QtestsError, VariantSpec
 
 REFERENCE_LABEL = "reference"
+SWEEP_BACKENDS = ("transformers", "vllm")  # the engines that load local checkpoints (not openai, not replay)
 GATE_CHECKS = ("degenerate", "accuracy", "truncation", "length")
 
 
@@ -106,14 +108,15 @@ def _already_built(model: str, point: SweepPoint, settings: QuantizeSettings, ca
 
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = AutoTokenizer.from_pretrained(model) if calibration else None
+        settings = fit_to_context(settings, model)  # as quantize() records it
         calib = prepare_calibration(calibration, tokenizer, settings, Path(scratch))
         return same_build(existing, plan_provenance(model, settings, RECIPES[settings.recipe], calib))
 
 
-def gate_options(model: str, points: Sequence[SweepPoint], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The plugin's option mapping for a session with the model as reference and every point as a variant."""
-    return {**options, "qt_reference": f"{REFERENCE_LABEL}={model}",
-            "qt_models": [f"{p.label}={p.path}" for p in points] or None}
+def gate_options(model: str, points: Sequence[SweepPoint], options: GateOptions) -> GateOptions:
+    """The user's gate options for a session with the model as reference and every point as a variant."""
+    return replace(options, reference=f"{REFERENCE_LABEL}={model}",
+                   models=[f"{p.label}={p.path}" for p in points] or None)
 
 
 def evaluate_points(session: Any, points: Sequence[SweepPoint], builds: Mapping[str, tuple[str, float]],
@@ -194,13 +197,15 @@ def _dominates(a: SweepRow, b: SweepRow) -> bool:
 
 
 def run_sweep(model: str, points: Sequence[SweepPoint], base: QuantizeSettings, calibration: str | None,
-              gate: Mapping[str, Any], report_dir: Path | None = None,
+              gate: GateOptions, report_dir: Path | None = None,
               log: Callable[[str], None] = print) -> tuple[list[SweepRow], dict[str, float]]:
     """Build, audit and gate every point; returns the rows and the wall time of each phase."""
-    from pytest_qtests.options import build_config
     from pytest_qtests.session import GateSession
 
-    build_config(gate_options(model, [], gate))  # bad gate flags fail in a second, before any build
+    backend = build_config(gate_options(model, [], gate)).backend  # bad gate flags fail in a second, before any build
+    if backend not in SWEEP_BACKENDS:
+        raise QtestsError(f"--backend {backend} cannot load the checkpoints a sweep builds: "
+                          f"use --backend {' or '.join(SWEEP_BACKENDS)}")
     started = time.perf_counter()
     builds = build_points(model, points, base, calibration, log)
     built = time.perf_counter()

@@ -1,7 +1,8 @@
 """``qtests audit PATH``: print a checkpoint audit as a table (``--json`` for machines).
 
-``--policy`` rules are checked too (exit status 1 when one fails), and the footprint claim is shown
-as a warning when the variant saves too little over the next larger format.
+``--policy`` rules are checked too; the exit status is 1 when one fails or the audit finds an export
+defect (``audit/defects.py``). The footprint claim is shown as a warning when the variant saves too
+little over the next larger format.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pytest_qtests.audit.checkpoint import AuditReport, audit
 from pytest_qtests.audit.policies import FootprintClaim, PolicyResult, evaluate_policy, footprint_claim, parse_policy
 from pytest_qtests.build.provenance import describe_provenance, read_provenance
+from pytest_qtests.options import GateOptions, add_gate_options
 from pytest_qtests.report.format import format_bytes
 
 COLUMNS = ("class", "modules", "format", "bits", "group", "params", "bytes", "bits/param")
@@ -22,20 +24,18 @@ MAX_LISTED = 10
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("audit", help="which layers a checkpoint really quantized, and its real size")
-    parser.add_argument("checkpoint", help="checkpoint directory or hub id (headers only, never tensor data)")
+    parser.add_argument("checkpoint", help="checkpoint directory or hub id (headers and per-tensor scales, never weights)")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--modules", action="store_true", help="include every module (JSON) or list them (table)")
-    parser.add_argument("--policy", action="append", default=[], metavar="RULE",
-                        help="keep-shared-expert, keep-linear-attn, keep-router, keep-lm-head, keep-attn "
-                             "or CLASS=FORMAT (e.g. shared_expert=bf16); repeatable")
+    add_gate_options(parser.add_argument, only=("policies",))
     parser.add_argument("--min-saving", type=float, default=0.25, metavar="FRACTION",
                         help="warn when the variant saves less than this over the next larger format")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    rules = [parse_policy(text) for text in args.policy]  # bad rules fail before the audit runs
+    rules = [parse_policy(text) for text in GateOptions.from_namespace(args).policies or []]  # fail before the audit
     report = audit(args.checkpoint, revision=args.revision)
     results = [evaluate_policy(report, rule) for rule in rules]
     claim = footprint_claim(report, args.min_saving)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(report, results, claim, with_modules=args.modules), end="")
         if provenance is not None:
             print(describe_provenance(provenance))
-    return 0 if all(r.passed for r in results) else 1
+    return 0 if all(r.passed for r in results) and not report.defects else 1
 
 
 def format_report(
@@ -74,6 +74,7 @@ def format_report(
     else:
         lines_after.append("config and tensors agree on every module")
     lines_after += [f"note: {n}" for n in report.notes]
+    lines_after += [f"DEFECT {finding.message}" for finding in report.defects]
     if claim is not None and not claim.passed:
         lines_after.append(f"WARNING footprint claim: {claim.message}")
     lines_after += [f"{'PASS' if r.passed else 'FAIL'} {r.message}" for r in results]

@@ -20,6 +20,7 @@ from pytest_qtests.store.baselines import (
     resolve_baseline,
 )
 from pytest_qtests.store.fingerprint import diff_fingerprints
+from pytest_qtests.options import GateOptions, add_gate_options
 from pytest_qtests.records import QtestsError
 
 # Summary metrics shown by show/diff, with how a delta is printed: rates in percentage points,
@@ -34,9 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def add_lookup_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--task", help="task to pick when a name has baselines for several tasks")
-        sub.add_argument(
-            "--baseline-dir", type=Path, default=DEFAULT_BASELINE_DIR, help="where named baselines live"
-        )
+        add_gate_options(sub.add_argument, only=("baseline_dir",))
 
     show = actions.add_parser("show", help="print a baseline's summary and fingerprint")
     show.add_argument("baseline", metavar="NAME_OR_PATH")
@@ -54,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=_validate)
 
 
+def _store(args: argparse.Namespace) -> Path:
+    """Where named baselines live: ``--baseline-dir``, as the gate reads it."""
+    return Path(GateOptions.from_namespace(args).baseline_dir or DEFAULT_BASELINE_DIR)
+
+
 def _format_value(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -61,11 +65,11 @@ def _format_value(value: object) -> str:
 def _paths_to_show(args: argparse.Namespace) -> list[Path]:
     """A name without ``--task`` shows every task saved for it; anything else names one file."""
     if args.task or Path(args.baseline).exists():
-        return [resolve_baseline(args.baseline, args.baseline_dir, args.task)]
-    tasks = list_tasks(args.baseline_dir, args.baseline)
+        return [resolve_baseline(args.baseline, _store(args), args.task)]
+    tasks = list_tasks(_store(args), args.baseline)
     if len(tasks) <= 1:  # one file, or none: then the lookup's error names what exists
-        return [resolve_baseline(args.baseline, args.baseline_dir)]
-    return [baseline_path(args.baseline_dir, args.baseline, task) for task in tasks]
+        return [resolve_baseline(args.baseline, _store(args))]
+    return [baseline_path(_store(args), args.baseline, task) for task in tasks]
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -107,8 +111,8 @@ def flip_counts(a: Baseline, b: Baseline) -> dict[str, int]:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    a = load_baseline(args.a, args.baseline_dir, args.task)
-    b = load_baseline(args.b, args.baseline_dir, args.task)
+    a = load_baseline(args.a, _store(args), args.task)
+    b = load_baseline(args.b, _store(args), args.task)
     print(f"A: {a.name} / {a.task}  (created {a.created_at})")
     print(f"B: {b.name} / {b.task}  (created {b.created_at})")
     differences = diff_fingerprints(a.fingerprint, b.fingerprint, ignore=())

@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "pytest_qtests.cli.baseline",
     "pytest_qtests.gate.plan",
     "pytest_qtests.cli.audit",
+    "pytest_qtests.cli.diagnose",
     "pytest_qtests.cli.quantize",
     "pytest_qtests.cli.sweep",
 )

@@ -14,13 +14,17 @@ from pathlib import Path
 
 from pytest_qtests.build.recipes import RECIPES, SCHEMES
 from pytest_qtests.cli.quantize import add_quantize_options, settings_from
+from pytest_qtests.options import GateOptions, add_gate_options, split_commas
 from pytest_qtests.store.atomic import atomic_write
 from pytest_qtests.build.sweep import run_sweep, sweep_points
 from pytest_qtests.report.sweep import json_document, markdown_table, rich_table
 
-# sweep flag -> the plugin's option name
-GATE_FLAGS = {name: f"qt_{name}" for name in ("tasks", "limit", "max_tokens", "backend", "fail_on", "cache_dir",
-                                             "sampling", "batch_size", "dtype")} | {"qt_config": "qt_config"}
+# The gate options a sweep takes, as pytest takes them. Not: the variants and reference (the sweep names
+# them), baselines, replay and OpenAI endpoints (a sweep evaluates the checkpoints it builds), --seed
+# (the quantizer's flag here), the report directory (DIR/report).
+SWEEP_GATE_OPTIONS = ("suite_file", "tasks", "limit", "max_tokens", "repeats", "thinking", "sampling", "temperature",
+                      "backend", "dtype", "batch_size", "engine_args", "fail_on", "gate_mode", "alpha", "policies",
+                      "canary", "no_cache", "cache_dir")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,41 +32,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep", help="quantize every scheme x recipe, gate each against the model, print the Pareto table",
         description=__doc__.splitlines()[0])
     parser.add_argument("model", help="BF16 reference model: local directory or hub id")
-    parser.add_argument("--schemes", required=True, help=f"comma-separated, from {','.join(SCHEMES)}")
-    parser.add_argument("--recipes", default="default", help=f"comma-separated, from {','.join(RECIPES)}")
+    parser.add_argument("--schemes", required=True, action="append", metavar="SCHEME",
+                        help=f"from {','.join(SCHEMES)}; repeatable, or comma-separated")
+    parser.add_argument("--recipes", action="append", metavar="RECIPE",
+                        help=f"from {','.join(RECIPES)} (default default); repeatable, or comma-separated")
     parser.add_argument("-o", "--output", required=True, type=Path, help="directory for checkpoints and tables")
     gate = parser.add_argument_group("gate (as for pytest qtests)")
-    gate.add_argument("--qt-config", metavar="FILE", help="suite file for sampling, tolerances, cap (flags override)")
-    gate.add_argument("--tasks", metavar="A,B", help="tasks (name, or name=PATH)")
-    gate.add_argument("--limit", type=int, metavar="N", help="first N items of each task")
-    gate.add_argument("--max-tokens", type=int, metavar="N", help="output cap")
-    gate.add_argument("--backend", choices=("transformers", "vllm"), help="engine (default transformers)")
-    gate.add_argument("--fail-on", metavar="RULES", help="tolerances, as pytest's --fail-on")
-    gate.add_argument("--sampling", metavar="PRESET", help="qwen-thinking (default), qwen-instruct, greedy")
-    gate.add_argument("--batch-size", type=int, help="transformers generate batch size")
-    gate.add_argument("--dtype", help="engine dtype")
-    gate.add_argument("--cache-dir", metavar="DIR", help="generation cache (default .qtests/cache)")
+    add_gate_options(gate.add_argument, only=SWEEP_GATE_OPTIONS)
     add_quantize_options(parser)
     parser.set_defaults(func=run)
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
-    points = sweep_points(_split(args.schemes), _split(args.recipes), args.output)
+    schemes, recipes = split_commas(args.schemes), split_commas(args.recipes or ["default"])
+    points = sweep_points(schemes, recipes, args.output)
     base = settings_from(args, points[0].scheme, points[0].recipe)
-    gate = {option: getattr(args, flag) for flag, option in GATE_FLAGS.items()}
     started = time.perf_counter()
-    rows, phases = run_sweep(args.model, points, base, args.calibration, gate, args.output / "report",
+    rows, phases = run_sweep(args.model, points, base, args.calibration, GateOptions.from_namespace(args),
+                             args.output / "report",
                              log=lambda line: print(line, file=sys.stderr, flush=True))
     wall = time.perf_counter() - started
     print(rich_table(rows), end="")
     timing = (f"{len(points)} variants: quantize {phases['quantize_s']:.0f} s, evaluate {phases['evaluate_s']:.0f} s, "
               f"total {wall:.0f} s")
     print(timing)
-    meta = {"model": args.model, "schemes": _split(args.schemes), "recipes": _split(args.recipes),
+    meta = {"model": args.model, "schemes": schemes, "recipes": recipes,
             "format": args.export_format, "calibration": args.calibration, "wall_s": round(wall, 1),
             **{key: round(value, 1) for key, value in phases.items()}}
     atomic_write(args.output / "sweep.json", json_document(rows, meta))

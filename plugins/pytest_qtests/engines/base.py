@@ -6,11 +6,15 @@ and return :class:`GenerationRecord` objects; grading, statistics and reporting 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError
 from pytest_qtests.tasks.prompts import prompt_opens_thinking
 from pytest_qtests.thinking import THINK_CLOSE, thinking_extent
+
+if TYPE_CHECKING:
+    from pytest_qtests.engines.teacher_forcing import TokenScores
 
 ProgressCallback = Callable[[int], None]  # called with the number of newly finished requests
 
@@ -25,16 +29,42 @@ def last_error_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What a backend can do beyond ``generate``; callers ask these instead of probing for attributes,
+    so a third-party backend states its features once, where it is defined."""
+
+    renders_prompts: bool = False
+    """It holds the model's tokenizer (``Backend.tokenizer``): prompts are rendered through its chat
+    template. Without, user messages go to the engine as they are (a server applies its own template)."""
+    teacher_forced_scoring: bool = False
+    """``Backend.score(texts)`` works: the canary's teacher-forced divergence and engine parity need it."""
+    continuation: bool = False
+    """``generate`` continues a request's partial output (``--extend-truncated``)."""
+
+
 class Backend(Protocol):
     name: str
+    capabilities: EngineCapabilities
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer when ``capabilities.renders_prompts`` (may load it), else None."""
 
     def engine_version(self) -> str:
         """Engine name and version, part of the fingerprint and cache key."""
+
+    def device_info(self) -> dict[str, Any]:
+        """The devices that ran the generations, for the fingerprint (empty when the engine is remote or
+        there is none)."""
 
     def generate(
         self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
     ) -> list[GenerationRecord]:
         """Generate every request (all submitted at once where the engine batches) in request order."""
+
+    def score(self, texts: Sequence[str]) -> list[TokenScores]:
+        """Teacher-forced scores of each text's tokens; called only when ``capabilities.teacher_forced_scoring``."""
 
     def close(self) -> None:
         """Release the engine (and its GPU memory) before the next variant is loaded."""

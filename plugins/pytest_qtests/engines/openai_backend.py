@@ -23,12 +23,15 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 import httpx
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
-from pytest_qtests.engines.base import ProgressCallback, make_record, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, ProgressCallback, make_record, think_close_id
+
+if TYPE_CHECKING:
+    from pytest_qtests.engines.teacher_forcing import TokenScores
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.model_name = model_name
         self.tokenizer = tokenizer
+        # a given tokenizer renders prompts (and counts tokens); a continuation's partial output goes as text
+        self.capabilities = EngineCapabilities(renders_prompts=tokenizer is not None, continuation=True)
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._api_key = os.environ.get(api_key_env) or None  # kept only to send and to redact
@@ -157,6 +162,13 @@ class OpenAIBackend:
     def engine_version(self) -> str:
         info = self.server_info()
         return f"openai-compatible {_describe(info)}"
+
+    def device_info(self) -> dict[str, Any]:
+        """Nothing known here: the server's devices are its own (its version is in ``engine_version``)."""
+        return {}
+
+    def score(self, texts: Sequence[str]) -> list[TokenScores]:
+        raise QtestsError("the openai backend cannot score tokens: use --backend transformers or vllm")
 
     def close(self) -> None:
         """Nothing held between calls: each ``generate`` opens and closes its own connections."""

@@ -21,10 +21,13 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError
-from pytest_qtests.engines.base import ProgressCallback, make_record
+from pytest_qtests.engines.base import EngineCapabilities, ProgressCallback, make_record
+
+if TYPE_CHECKING:
+    from pytest_qtests.engines.teacher_forcing import TokenScores
 
 FINISH_REASONS = ("stop", "length")
 LINE_FORMAT = ('each line must be a JSON object with "id" and "output" (optional: "finish_reason" stop|length, '
@@ -50,6 +53,8 @@ class ReplayBackend:
     def __init__(self, path: Path | str, tokenizer: Any = None):
         self.path = Path(path)
         self.tokenizer = tokenizer
+        # stored outputs only: nothing to score with and nothing to continue
+        self.capabilities = EngineCapabilities(renders_prompts=tokenizer is not None)
         data = _read_bytes(self.path)
         self._digest = hashlib.sha256(data).hexdigest()
         self._outputs = {(o.item_id, o.sample_index): o for o in parse_replay_lines(data, self.path)}
@@ -105,6 +110,13 @@ class ReplayBackend:
             warnings.warn(f"replay file {self.path}: {len(extra)} replayed ids are not items of the task "
                           f"({shown}); they are ignored", UserWarning, stacklevel=2)
         return extra
+
+    def device_info(self) -> dict[str, Any]:
+        """Nothing known: the outputs were generated elsewhere."""
+        return {}
+
+    def score(self, texts: Sequence[str]) -> list[TokenScores]:
+        raise QtestsError("the replay backend cannot score tokens: use --backend transformers or vllm")
 
     def close(self) -> None:
         """Nothing to release: the outputs are plain data."""

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores, scores_from_logits
-from pytest_qtests.engines.base import EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
 from pytest_qtests.engines.load_hints import explain_load_failure
 
 
@@ -40,6 +40,7 @@ def device_info() -> dict[str, Any]:
 
 class TransformersBackend:
     name = "transformers"
+    capabilities = EngineCapabilities(renders_prompts=True, teacher_forced_scoring=True, continuation=True)
 
     def __init__(self, spec: VariantSpec, dtype: str = "auto", batch_size: int = 64, device: str | None = None):
         self.spec = spec
@@ -59,9 +60,12 @@ class TransformersBackend:
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
         # (an exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU).
-        if self.dtype == "auto":
-            keep = device != "cpu" or _cpu_has_bf16() or _is_compressed_tensors(self.spec.source)
-            dtype = "auto" if keep else torch.float32
+        # compressed-tensors computes in the dtype its unquantized tensors are stored in, whatever the
+        # config says (a float32 model around bf16 MXFP4 layers fails: float != BFloat16).
+        if self.dtype == "auto" and _is_compressed_tensors(self.spec.source):
+            dtype = _stored_float_dtype(self.spec.source) or "auto"
+        elif self.dtype == "auto":
+            dtype = "auto" if device != "cpu" or _cpu_has_bf16() else torch.float32
         else:
             dtype = getattr(torch, self.dtype)
         try:
@@ -258,6 +262,23 @@ def _is_compressed_tensors(source: str) -> bool:
         return False
     quant = json.loads(config.read_text()).get("quantization_config") or {}
     return quant.get("quant_method") == "compressed-tensors"
+
+
+_FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def _stored_float_dtype(source: str) -> Any:
+    """The torch dtype most of a local checkpoint's unquantized float parameters are stored in (scales
+    aside: formats fix their dtype), read from the safetensors headers; None when there are none."""
+    import torch
+
+    from pytest_qtests.audit.headers import read_headers
+
+    counts: dict[str, int] = {}
+    for tensor in read_headers(source).tensors:
+        if tensor.dtype in _FLOAT_DTYPES and "scale" not in tensor.name:
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel
+    return getattr(torch, _FLOAT_DTYPES[max(counts, key=counts.get)]) if counts else None
 
 
 def _cpu_has_bf16() -> bool:

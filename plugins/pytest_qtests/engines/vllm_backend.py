@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
-from pytest_qtests.engines.base import EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
 
 EngineArgValue = str | int | float | bool
 
@@ -108,6 +108,42 @@ def engine_kwargs(spec: VariantSpec, dtype: str, engine_args: dict[str, EngineAr
     return kwargs
 
 
+# -- the KV cache on a CPU --------------------------------------------------------------------------
+
+# vLLM-CPU's own default reserves gpu_memory_utilization (0.92) of *all* the machine's memory and refuses
+# to start when less than that is free: on any shared or busy machine, always. qtests instead reserves
+# what the run needs, unless the user sized it (these settings are theirs to make).
+USER_KV_SETTINGS = ("kv_cache_memory_bytes", "gpu_memory_utilization")
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+KV_CACHE_FLOOR_BYTES = 256 * 2**20  # block-size rounding and hybrid models' per-sequence state fit in it
+KV_CACHE_MARGIN = 2  # over the estimate, for block-granular allocation
+
+
+def kv_cache_is_user_set(engine_args: dict[str, Any]) -> bool:
+    """True when the user sized vLLM's memory: an engine argument or ``VLLM_CPU_KVCACHE_SPACE``."""
+    return (any(engine_arg_name(key) in USER_KV_SETTINGS for key in engine_args)
+            or bool(os.environ.get(KV_CACHE_ENV, "").strip()))
+
+
+def kv_bytes_per_token(config: Any, dtype: str) -> int:
+    """KV-cache bytes one token takes when every decoder layer is full attention: an upper bound for
+    hybrid models (their linear-attention layers keep a fixed-size state instead), cheap to read from
+    any config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    element = 4 if dtype in ("float32", "float") else 2
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * element  # keys and values
+
+
+def cpu_kv_cache_bytes(per_token: int, max_model_len: int, tokens_needed: int) -> int:
+    """What to reserve for the run: its tokens (at least one sequence of ``max_model_len``, which vLLM
+    checks at start) with a margin, never below the floor; whole MiB."""
+    wanted = max(KV_CACHE_FLOOR_BYTES, KV_CACHE_MARGIN * per_token * max(max_model_len, tokens_needed))
+    return -(-wanted // 2**20) * 2**20
+
+
 # -- the engine's own error line -------------------------------------------------------------------
 
 _LOG_PREFIX = re.compile(r"^(\([\w ]+pid=\d+\)\s+)?((ERROR|WARNING|INFO|DEBUG)\s+\S+\s+\S+\s+\[[^\]]*\]\s*)?")
@@ -128,6 +164,19 @@ def engine_error_line(output_lines: Sequence[str], error: BaseException) -> str:
         if _EXCEPTION_LINE.match(message) and not any(w in message.lower() for w in _WRAPPER_MESSAGES):
             return message
     return own_line
+
+
+def explain_engine_failure(line: str) -> str:
+    """The engine's error line, with the qtests-level fix appended for vLLM's memory refusals."""
+    lower = line.lower()
+    if "desired cpu memory utilization" in lower or "no available memory for the cache blocks" in lower:
+        return (f"{line} (qtests sizes vLLM-CPU's KV cache from the run unless {KV_CACHE_ENV} or --engine-arg "
+                "gpu_memory_utilization/kv_cache_memory_bytes is set: unset them, or pass --engine-arg "
+                "kv_cache_memory_bytes=BYTES that fits the free memory)")
+    if "requested memory for kv" in lower or "larger than the available kv cache memory" in lower:
+        return (f"{line} (fix: --engine-arg max_model_len=N no longer than a prompt plus --max-tokens needs, "
+                f"or a kv_cache_memory_bytes / {KV_CACHE_ENV} that fits the free memory)")
+    return line
 
 
 class OutputTee:
@@ -249,6 +298,7 @@ class VLLMBackend:
     """:class:`~pytest_qtests.engines.base.Backend` on vLLM's offline engine (CPU or GPU build)."""
 
     name = "vllm"
+    capabilities = EngineCapabilities(renders_prompts=True, teacher_forced_scoring=True, continuation=True)
 
     def __init__(self, spec: VariantSpec, engine_args: dict[str, EngineArgValue] | None = None,
                  dtype: str = "bfloat16"):
@@ -260,23 +310,42 @@ class VLLMBackend:
         self._tokenizer: Any = None
 
     # -- engine lifecycle ------------------------------------------------------------------------
-    def _load(self) -> Any:
+    def _load(self, tokens_needed: int = 0) -> Any:
+        """Start the engine (once); ``tokens_needed``, the first call's prompt plus output tokens, sizes
+        the KV cache on a CPU."""
         if self._llm is not None:
             return self._llm
         from vllm import LLM
 
+        kwargs = dict(self._kwargs)
+        if installed_vllm()[1] == "cpu" and not kv_cache_is_user_set(self.engine_args):
+            kwargs["kv_cache_memory_bytes"] = self._cpu_kv_cache_bytes(tokens_needed)
         failure: Exception | None = None
         with OutputTee() as tee:
             try:
-                self._llm = LLM(**self._kwargs)
+                self._llm = LLM(**kwargs)
             except Exception as error:  # any engine failure becomes one line for this variant
                 failure = error
         if failure is not None:  # read after the tee has drained the children's last output
             raise EngineLoadError(
                 f"vllm could not load {self.spec.label} ({self.spec.source}): "
-                f"{engine_error_line(list(tee.lines), failure)}"
+                f"{explain_engine_failure(engine_error_line(list(tee.lines), failure))}"
             )
         return self._llm
+
+    def _cpu_kv_cache_bytes(self, tokens_needed: int) -> int:
+        from transformers import AutoConfig
+
+        from pytest_qtests.engines.transformers_backend import context_length
+
+        try:
+            config = AutoConfig.from_pretrained(self.spec.source, revision=self.spec.revision,
+                                                trust_remote_code=self.spec.trust_remote_code)
+        except Exception as error:  # any loading failure becomes one line for this variant
+            raise EngineLoadError(f"vllm could not load {self.spec.label} ({self.spec.source}): "
+                                  f"{engine_error_line([], error)}") from error
+        max_model_len = self._kwargs.get("max_model_len") or context_length(config) or 0
+        return cpu_kv_cache_bytes(kv_bytes_per_token(config, self.dtype), int(max_model_len), tokens_needed)
 
     @property
     def tokenizer(self) -> Any:
@@ -333,11 +402,13 @@ class VLLMBackend:
     ) -> list[GenerationRecord]:
         from vllm import TokensPrompt
 
-        llm = self._load()
+        # before the engine starts, self.tokenizer is the same tokenizer: the ids size the KV cache
+        token_ids = [prompt_token_ids(self.tokenizer, r) for r in requests]
+        llm = self._load(sum(len(ids) + r.sampling.max_tokens for ids, r in zip(token_ids, requests)))
         if not requests:
             return []
         tokenizer = llm.get_tokenizer()
-        prompts = [TokensPrompt(prompt_token_ids=prompt_token_ids(tokenizer, r)) for r in requests]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         params = [_sampling_params(r) for r in requests]
         started = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=_progress_bar(progress) if progress else True)
@@ -357,9 +428,8 @@ class VLLMBackend:
         """Teacher-forced log-probs of each text's tokens after the first, via ``prompt_logprobs``."""
         from vllm import SamplingParams, TokensPrompt
 
-        llm = self._load()
-        tokenizer = llm.get_tokenizer()
-        token_ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        token_ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        llm = self._load(sum(len(ids) for ids in token_ids))
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
         outputs = llm.generate(prompts, params, use_tqdm=False)

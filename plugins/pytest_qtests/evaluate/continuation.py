@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError
 
@@ -99,15 +99,17 @@ def merge_continuation(first: GenerationRecord, rest: GenerationRecord) -> Gener
     )
 
 
-def extend_run(evaluator: Any, variant: Any, task_spec: str, requests: Sequence[GenerationRequest],
-               records: Sequence[GenerationRecord], outcomes: Sequence[ItemOutcome], thresholds: Any,
-               factor: float) -> Extension:
-    """Continue the run's cut samples on ``evaluator``'s engine for ``variant`` (already loaded) and regrade."""
+def extend_run(generate: Callable[[list[GenerationRequest]], list[GenerationRecord]],
+               grade: Callable[[list[GenerationRecord], list[GenerationRequest]], list[ItemOutcome]],
+               requests: Sequence[GenerationRequest], records: Sequence[GenerationRecord],
+               outcomes: Sequence[ItemOutcome], factor: float) -> Extension:
+    """Continue the run's cut samples with ``generate`` (the variant's engine, already loaded) and regrade
+    them with ``grade`` (records and the requests that made them)."""
     max_tokens = extended_cap(requests[0].sampling.max_tokens if requests else 1, factor)
     picked = continuation_requests(requests, records, max_tokens)
-    rests = evaluator.generate(variant, [request for _, request in picked], "extend") if picked else []
+    rests = generate([request for _, request in picked]) if picked else []
     merged = [merge_continuation(records[index], rest) for (index, _), rest in zip(picked, rests)]
-    regraded = evaluator.grade(task_spec, merged, [requests[index] for index, _ in picked], thresholds)
+    regraded = grade(merged, [requests[index] for index, _ in picked])
     at_larger_cap = list(outcomes)
     for (index, _), outcome in zip(picked, regraded):
         at_larger_cap[index] = outcome

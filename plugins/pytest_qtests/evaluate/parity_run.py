@@ -1,6 +1,6 @@
 """Runs one checkpoint on two engines for :mod:`parity`, one engine in memory at a time.
 
-Separate from ``runner.Evaluator`` because parity bypasses the generation cache and the run's
+Separate from ``Evaluator`` because parity bypasses the generation cache and the run's
 sampling on purpose: it compares greedy paths and teacher-forced scores, made fresh in each engine.
 """
 
@@ -11,7 +11,8 @@ import dataclasses
 from pytest_qtests.engines.registry import create_backend
 from pytest_qtests.evaluate.parity import DEFAULT_PARITY_ITEMS, ParityReport, compare_engines, requests_for
 from pytest_qtests.records import VariantSpec
-from pytest_qtests.evaluate.evaluator import Evaluator, canary_indices
+from pytest_qtests.evaluate.canary_scoring import canary_indices
+from pytest_qtests.evaluate.evaluator import Evaluator
 from pytest_qtests.tasks.graders import grade_output
 from pytest_qtests.tasks.prompts import prompt_opens_thinking, render_prompt
 
@@ -25,7 +26,7 @@ def run_parity(evaluator: Evaluator, variant: VariantSpec, task_spec: str, engin
     data = evaluator.task_data(task_spec)
     count = config.canary or DEFAULT_PARITY_ITEMS
     items = [data.items[i] for i in canary_indices(len(data.items), count)] if len(data.items) > count else list(data.items)
-    evaluator.release()  # the evaluator's engine makes room
+    evaluator.engines.release()  # the evaluator's engine makes room
     prompts: list[str] = []
     prompt_tokens: list[int] = []
     texts: list[str] = []

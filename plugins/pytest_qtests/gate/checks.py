@@ -1,4 +1,4 @@
-"""The verdict: tolerances (``--fail-on``), paired checks of a variant against its reference, Holm.
+"""Paired checks: one verdict per check of a variant against its reference, item by item.
 
 Decision rule (``mode="evidence-of-harm"``, the default): a check FAILS only when the data show, at
 one-sided confidence ``1 - alpha``, that the variant is worse than the tolerated margin - the one-sided
@@ -13,7 +13,8 @@ the bad side of the margin. Consequences, chosen on purpose:
 ``mode="non-inferiority"`` is the strict reading: a check PASSES only when the data show the variant is
 within the margin (the interval lies entirely on the good side). Small runs then fail. Within one
 variant, every non-inferiority claim must hold at once (intersection-union), so no multiplicity
-correction is needed there; evidence-of-harm checks are Holm-adjusted with :func:`apply_holm`.
+correction is needed there; evidence-of-harm checks are Holm-adjusted by
+:func:`pytest_qtests.gate.multiplicity.apply_holm`.
 
 Which test decides (see :mod:`pytest_qtests.gate.stats`): one 0/1 sample per item (or repeats that always
 agree) - Tango's score test and the exact conditional binomial test must both reject (at a 0 margin
@@ -22,28 +23,25 @@ lengths - a paired bootstrap over items with a fixed seed. The printed interval 
 ``1 - 2*alpha`` ("90% CI" at alpha 0.05) because its ends are the one-sided ``1 - alpha`` bounds the
 verdict uses, so verdict and interval always agree.
 
-``--fail-on`` grammar, in the spirit of pytest-benchmark's ``--benchmark-compare-fail``:
-``accuracy:-2pp,truncation:+5pp,length:1.25x``. Rates take ``pp`` (percentage points), a bare fraction
-(``-0.02``) or ``%`` (relative to the reference's value, like pytest-benchmark's ``min:5%`` and vLLM's
-rtol: ``accuracy:-2%`` tolerates a drop of 2% *of the reference accuracy*). Length ratios take ``1.25x``
-or ``+25%``. The sign may be omitted; when given it must point the worse way.
+Every paired check has one shape: a pure function from per-sample arrays aligned by (item, sample),
+their item ids, a :class:`~pytest_qtests.gate.tolerances.Tolerance` and ``alpha`` to a
+:class:`CheckResult` (:func:`check_rate` for 0/1 outcomes, :func:`check_ratio` for lengths). The
+``--fail-on`` grammar lives in :mod:`pytest_qtests.gate.tolerances`, the family of checks in
+:mod:`pytest_qtests.gate.multiplicity`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from pytest_qtests.records import ItemOutcome, QtestsError
 from pytest_qtests.gate.stats import (
     PairedTest,
     discordant_counts,
-    holm_adjust,
     mcnemar_exact,
     paired_binary_test,
     paired_bootstrap_test,
@@ -51,169 +49,8 @@ from pytest_qtests.gate.stats import (
     per_item_means,
     quantile_ratio,
 )
-
-GateMode = Literal["evidence-of-harm", "non-inferiority"]
-GATE_MODES: tuple[str, ...] = ("evidence-of-harm", "non-inferiority")
-FAIL_ON_EXAMPLE = "accuracy:-2pp,truncation:+5pp,length:1.25x"
-
-
-@dataclass(frozen=True)
-class CheckSpec:
-    """What a ``--fail-on`` key measures and which way is worse."""
-
-    kind: Literal["rate", "ratio"]
-    outcome_field: str  # ItemOutcome attribute the check reads
-    worse: Literal["lower", "higher"]
-    description: str
-    down_word: str = ""  # rates: what an item that goes 1 -> 0 is called
-    up_word: str = ""  # rates: what an item that goes 0 -> 1 is called
-    quantile: float = 0.5  # ratios: which quantile of the per-item lengths
-
-
-CHECKS: dict[str, CheckSpec] = {
-    "accuracy": CheckSpec("rate", "correct", "lower", "accuracy", "lost", "gained"),
-    "truncation": CheckSpec(
-        "rate", "truncated", "higher", "truncation rate", "no longer truncated", "newly truncated"
-    ),
-    "degenerate": CheckSpec(
-        "rate", "degenerate", "higher", "degenerate-output rate", "no longer degenerate", "newly degenerate"
-    ),
-    "length": CheckSpec("ratio", "output_tokens", "higher", "median output tokens", quantile=0.5),
-    "length_p95": CheckSpec("ratio", "output_tokens", "higher", "p95 output tokens", quantile=0.95),
-    "thinking_length": CheckSpec("ratio", "thinking_tokens", "higher", "median thinking tokens", quantile=0.5),
-}
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """One parsed tolerance. ``value`` is signed the worse way (accuracy ``-0.02``, truncation ``+0.05``).
-
-    For rates ``relative`` means ``value`` is a share of the reference's own rate; for ratios ``value``
-    is the largest tolerated variant/reference ratio.
-    """
-
-    check: str
-    value: float
-    relative: bool
-    text: str
-
-    def limit(self, reference_value: float) -> float:
-        """The bound on the estimate (rate difference or ratio) this tolerance allows."""
-        if self.relative:
-            return self.value * reference_value
-        return self.value
-
-    def describe(self, reference_value: float) -> str:
-        """The margin as a reader wants it, e.g. ``-2 pp`` or ``-2% (-1.7 pp)`` or ``x1.25``."""
-        if CHECKS[self.check].kind == "ratio":
-            return f"x{self.value:g}"
-        if self.relative:
-            return f"{self.value * 100:+g}% ({self.limit(reference_value) * 100:+.2g} pp)"
-        return f"{self.value * 100:+g} pp"
-
-
-_NUMBER = re.compile(r"^(?P<sign>[+-]?)(?P<number>\d+(?:\.\d*)?|\.\d+)(?P<unit>pp|%|x)?$")
-
-
-def _expected_form(check: str) -> str:
-    spec = CHECKS[check]
-    if spec.kind == "ratio":
-        return f"a ratio such as {check}:1.25x or {check}:+25%"
-    sign = "-" if spec.worse == "lower" else "+"
-    what = "drop" if spec.worse == "lower" else "rise"
-    return (
-        f"a {what} such as {check}:{sign}2pp (points), {check}:{sign}0.02 (fraction) "
-        f"or {check}:{sign}10% (relative to the reference)"
-    )
-
-
-def parse_tolerance(check: str, value: str | float | int, source: str = "--fail-on") -> Tolerance:
-    """Parse one tolerance value for ``check`` (a string like ``-2pp`` or, from a suite file, a number)."""
-    if check not in CHECKS:
-        raise QtestsError(f"{source}: unknown check {check!r}; known checks: {', '.join(sorted(CHECKS))}")
-    spec = CHECKS[check]
-    shown = f"{check}:{value}"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise QtestsError(f"{source}: cannot read {shown!r}; expected {_expected_form(check)}")
-    text = str(value).strip() if isinstance(value, str) else repr(value)
-    match = _NUMBER.match(text.replace(" ", ""))
-    if match is None:
-        raise QtestsError(f"{source}: cannot read {shown!r}; expected {_expected_form(check)}")
-    sign, unit = match["sign"], match["unit"]
-    magnitude = float(match["number"])
-
-    if spec.kind == "ratio":
-        if unit == "pp":
-            raise QtestsError(f"{source}: {shown!r} uses points, but {check} is a ratio; expected {_expected_form(check)}")
-        if unit == "%":
-            if sign == "-":
-                raise QtestsError(
-                    f"{source}: {shown!r} would fail a variant no longer than the reference; "
-                    f"expected {_expected_form(check)}"
-                )
-            ratio = 1.0 + magnitude / 100.0
-        else:
-            if sign == "-":
-                raise QtestsError(f"{source}: {shown!r} is negative; expected {_expected_form(check)}")
-            ratio = magnitude
-        if ratio < 1.0:
-            raise QtestsError(
-                f"{source}: {shown!r} would fail a variant no longer than the reference; "
-                f"expected {_expected_form(check)}"
-            )
-        return Tolerance(check, ratio, False, text)
-
-    if unit == "x":
-        raise QtestsError(f"{source}: {shown!r} is a ratio, but {check} is a rate; expected {_expected_form(check)}")
-    bad_sign = "+" if spec.worse == "lower" else "-"
-    if sign == bad_sign and magnitude != 0:
-        direction = "rise" if spec.worse == "lower" else "drop"
-        raise QtestsError(
-            f"{source}: {shown!r} tolerates a {direction}, but {check} gets worse the other way; "
-            f"expected {_expected_form(check)}"
-        )
-    fraction = magnitude / 100.0 if unit in ("pp", "%") else magnitude
-    if fraction > 1.0:
-        raise QtestsError(f"{source}: {shown!r} exceeds 100%; expected {_expected_form(check)}")
-    signed = -fraction if spec.worse == "lower" else fraction
-    return Tolerance(check, signed, unit == "%", text)
-
-
-def parse_fail_on(text: str, source: str = "--fail-on") -> dict[str, Tolerance]:
-    """Parse ``accuracy:-2pp,truncation:+5pp,length:1.25x`` into one :class:`Tolerance` per check."""
-    tolerances: dict[str, Tolerance] = {}
-    for entry in text.split(","):
-        entry = entry.strip()
-        if not entry:
-            raise QtestsError(
-                f"{source}: empty entry in {text!r}; expected KEY:VALUE entries separated by commas, "
-                f"e.g. {FAIL_ON_EXAMPLE}"
-            )
-        key, colon, value = entry.partition(":")
-        key = key.strip()
-        if not colon or not value.strip():
-            raise QtestsError(f"{source}: {entry!r} has no value; expected KEY:VALUE, e.g. {FAIL_ON_EXAMPLE}")
-        if key in tolerances:
-            raise QtestsError(f"{source}: {key!r} is given twice in {text!r}; keep one")
-        tolerances[key] = parse_tolerance(key, value, source)
-    return tolerances
-
-
-def parse_fail_on_mapping(mapping: Mapping[str, Any], source: str = "suite file fail_on") -> dict[str, Tolerance]:
-    """The suite-file form: ``{"accuracy": "-2pp", "length": 1.25}`` (numbers: fractions or ratios)."""
-    if not isinstance(mapping, Mapping):
-        raise QtestsError(f"{source}: expected a mapping of check to tolerance, e.g. {{accuracy: -2pp, length: 1.25x}}")
-    return {str(key): parse_tolerance(str(key), value, source) for key, value in mapping.items()}
-
-
-def parse_gate_mode(text: str) -> GateMode:
-    if text not in GATE_MODES:
-        raise QtestsError(f"--gate-mode: unknown mode {text!r}; choose one of {', '.join(GATE_MODES)}")
-    return text  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------------
-# Results
+from pytest_qtests.gate.tolerances import CHECK_SPECS, CheckSpec, Tolerance, is_ratio, parse_gate_mode
+from pytest_qtests.records import ItemOutcome, QtestsError
 
 
 @dataclass(frozen=True)
@@ -223,7 +60,8 @@ class CheckResult:
     ``estimate`` is variant minus reference for rates and variant over reference for ratios;
     ``margin`` is the bound it is judged against in the same units; the interval is two-sided at level
     ``confidence = 1 - 2*alpha`` (each end a one-sided ``1 - alpha`` bound). ``p_value`` belongs to the
-    one-sided test that decides; ``adjusted_p_value`` is set by :func:`apply_holm`.
+    one-sided test that decides; ``adjusted_p_value`` is set by
+    :func:`~pytest_qtests.gate.multiplicity.apply_holm`.
     """
 
     check: str
@@ -272,8 +110,9 @@ class CheckResult:
         return {key: value for key, value in props.items() if value is not None}
 
 
-def _decide(p_value: float, alpha: float, mode: str) -> bool:
-    """``passed`` for a p-value of the mode's one-sided test."""
+def decide(p_value: float, alpha: float, mode: str) -> bool:
+    """``passed`` for a p-value of the mode's one-sided test: evidence of harm fails on rejection,
+    non-inferiority passes on it."""
     if mode == "evidence-of-harm":
         return not p_value < alpha
     return p_value < alpha
@@ -287,14 +126,18 @@ def _format_p(p_value: float, resolution: float | None = None) -> str:
     return f"p={p_value:.2g}"
 
 
-def _verdict_text(result: CheckResult) -> str:
-    """The one-line message: facts, verdict against the margin, p-value, evidence."""
+def verdict_message(result: CheckResult) -> str:
+    """The one-line message: facts, verdict against the margin, p-value (raw and adjusted), evidence.
+
+    Public because whoever changes a result's p-value or verdict (Holm, a sequential gate) must
+    rewrite its message from the same facts.
+    """
     resolution = result.details.get("p_resolution")
     p_text = _format_p(result.p_value, resolution) if result.p_value is not None else ""
     if result.adjusted_p_value is not None:
         family = result.details.get("holm_family_size", "?")
         p_text += f", Holm-adjusted over {family} checks {_format_p(result.adjusted_p_value, resolution)}"
-    limit = f"{result.limit_text} {'limit' if CHECKS.get(result.check, CHECKS['accuracy']).kind == 'ratio' else 'margin'}"
+    limit = f"{result.limit_text} {'limit' if is_ratio(result.check) else 'margin'}"
     if result.mode == "evidence-of-harm":
         if result.passed:
             return f"{result.summary}: no evidence it is worse than the {limit} ({p_text}; {result.evidence})"
@@ -315,16 +158,24 @@ def _alternative(spec: CheckSpec, mode: str):
     return "greater" if bad == "less" else "less"
 
 
-def _validate_common(check: str, alpha: float, mode: str, tol: Tolerance) -> CheckSpec:
+def _validate(check: str, kind: str, alpha: float, mode: str, tol: Tolerance) -> CheckSpec:
+    """The spec of ``check`` once alpha, mode and tolerance are known to fit a ``kind`` check."""
     if not 0.0 < alpha < 0.5:
         raise QtestsError(f"alpha must lie between 0 and 0.5 (e.g. 0.05), got {alpha}")
     parse_gate_mode(mode)
     if tol.check != check:
         raise ValueError(f"tolerance for {tol.check!r} given to the {check!r} check")
-    return CHECKS[check]
+    spec = CHECK_SPECS[check]
+    if spec.kind != kind:
+        raise ValueError(f"{check!r} is a {spec.kind} check, not a {kind} check")
+    return spec
 
 
-def _paired_arrays(reference, variant, item_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _per_item(reference, variant, item_ids) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-item means of two per-sample arrays aligned by (item, sample), and the samples per item.
+
+    Items, not samples, are the unit of every paired test: repeats of one item are not independent.
+    """
     reference = np.asarray(reference, dtype=float)
     variant = np.asarray(variant, dtype=float)
     item_ids = np.asarray(item_ids)
@@ -336,7 +187,53 @@ def _paired_arrays(reference, variant, item_ids) -> tuple[np.ndarray, np.ndarray
         )
     if reference.size == 0:
         raise QtestsError("no samples to compare; the task selected no items")
-    return reference, variant, item_ids
+    _, ref_items = per_item_means(reference, item_ids)
+    _, var_items = per_item_means(variant, item_ids)
+    return ref_items, var_items, reference.size / ref_items.size
+
+
+def _paired_result(
+    check: str,
+    tol: Tolerance,
+    alpha: float,
+    mode: str,
+    reference_value: float,
+    variant_value: float,
+    test: PairedTest,
+    evidence: str,
+    details: Mapping[str, Any],
+) -> CheckResult:
+    """The verdict of a paired test, with the summary in the check's unit (points or a ratio)."""
+    spec = CHECK_SPECS[check]
+    level = f"{round((1 - 2 * alpha) * 100):g}% CI"
+    if spec.kind == "ratio":
+        values = f"{variant_value:.4g} vs {reference_value:.4g}"
+        shift = f"x{test.estimate:.2f}, {level} [x{test.ci_low:.2f}, x{test.ci_high:.2f}]"
+    else:
+        values = f"{variant_value:.3f} vs {reference_value:.3f}"
+        shift = f"Δ {test.estimate * 100:+.1f} pp, {level} [{test.ci_low * 100:+.1f}, {test.ci_high * 100:+.1f}]"
+    result = CheckResult(
+        check=check,
+        mode=mode,
+        reference_value=reference_value,
+        variant_value=variant_value,
+        estimate=test.estimate,
+        ci_low=test.ci_low,
+        ci_high=test.ci_high,
+        confidence=1 - 2 * alpha,
+        margin=tol.limit(reference_value),
+        p_value=test.p_value,
+        alpha=alpha,
+        passed=decide(test.p_value, alpha, mode),
+        message="",
+        method=test.method,
+        n_items=test.n_items,
+        summary=f"{spec.description} {values} reference ({shift}, {test.n_items} items)",
+        limit_text=tol.describe(reference_value),
+        evidence=evidence,
+        details=details,
+    )
+    return dataclasses.replace(result, message=verdict_message(result))
 
 
 def check_rate(
@@ -357,12 +254,8 @@ def check_rate(
     per item, or repeats that always agree) the exact paired-binary test decides; otherwise (sampled
     repeats) the paired sign-flip test over items does (exact for an identical model).
     """
-    spec = _validate_common(check, alpha, mode, tol)
-    reference, variant, item_ids = _paired_arrays(reference, variant, item_ids)
-    _, ref_items = per_item_means(reference, item_ids)
-    _, var_items = per_item_means(variant, item_ids)
-    n_items = ref_items.size
-    samples_per_item = reference.size / n_items
+    spec = _validate(check, "rate", alpha, mode, tol)
+    ref_items, var_items, samples_per_item = _per_item(reference, variant, item_ids)
     ref_rate, var_rate = float(ref_items.mean()), float(var_items.mean())
     bound = tol.limit(ref_rate)
     alternative = _alternative(spec, mode)
@@ -372,7 +265,7 @@ def check_rate(
     test: PairedTest
     if binary:
         down, up = discordant_counts(ref_items, var_items)
-        test = paired_binary_test(down, up, n_items, bound, alternative, alpha)
+        test = paired_binary_test(down, up, ref_items.size, bound, alternative, alpha)
         mcnemar_p = mcnemar_exact(down, up, "less" if spec.worse == "lower" else "greater")
         details.update(down=down, up=up, mcnemar_exact_p=mcnemar_p)
         evidence = (
@@ -383,34 +276,41 @@ def check_rate(
         test = paired_sign_flip_test(ref_items, var_items, bound, alternative, alpha, n_resamples, seed)
         details.update(p_resolution=1.0 / (n_resamples + 1))
         evidence = f"{test.method}, {samples_per_item:g} samples per item"
+    return _paired_result(check, tol, alpha, mode, ref_rate, var_rate, test, evidence, details)
 
-    summary = (
-        f"{spec.description} {var_rate:.3f} vs {ref_rate:.3f} reference "
-        f"(Δ {test.estimate * 100:+.1f} pp, {round((1 - 2 * alpha) * 100):g}% CI "
-        f"[{test.ci_low * 100:+.1f}, {test.ci_high * 100:+.1f}], {n_items} items)"
+
+def check_ratio(
+    check: str,
+    reference: Sequence[float] | np.ndarray,
+    variant: Sequence[float] | np.ndarray,
+    item_ids: Sequence[str] | np.ndarray,
+    tol: Tolerance,
+    alpha: float = 0.05,
+    mode: str = "evidence-of-harm",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> CheckResult:
+    """Paired check of a length ratio: a quantile (median or p95) of per-item mean lengths, variant/reference.
+
+    Fails on evidence that the ratio exceeds ``tol`` (e.g. 1.25). Quantized reasoning models think
+    longer and hit the output cap; a ratio of medians catches the typical inflation and the p95 the
+    long tail that turns into truncation. Paired bootstrap over items, fixed seed.
+    """
+    spec = _validate(check, "ratio", alpha, mode, tol)
+    ref_items, var_items, samples_per_item = _per_item(reference, variant, item_ids)
+    ref_value = float(np.quantile(ref_items, spec.quantile))
+    var_value = float(np.quantile(var_items, spec.quantile))
+    if ref_value <= 0:
+        raise QtestsError(
+            f"{check}: the reference's {spec.description} is 0, so a length ratio is undefined; "
+            f"drop {check} from --fail-on for this task"
+        )
+    test = paired_bootstrap_test(
+        ref_items, var_items, quantile_ratio(spec.quantile), tol.limit(ref_value), _alternative(spec, mode),
+        alpha, n_resamples, seed,
     )
-    result = CheckResult(
-        check=check,
-        mode=mode,
-        reference_value=ref_rate,
-        variant_value=var_rate,
-        estimate=test.estimate,
-        ci_low=test.ci_low,
-        ci_high=test.ci_high,
-        confidence=1 - 2 * alpha,
-        margin=bound,
-        p_value=test.p_value,
-        alpha=alpha,
-        passed=_decide(test.p_value, alpha, mode),
-        message="",
-        method=test.method,
-        n_items=n_items,
-        summary=summary,
-        limit_text=tol.describe(ref_rate),
-        evidence=evidence,
-        details=details,
-    )
-    return dataclasses.replace(result, message=_verdict_text(result))
+    details = {"p_resolution": 1.0 / n_resamples, "samples_per_item": samples_per_item}
+    return _paired_result(check, tol, alpha, mode, ref_value, var_value, test, test.method, details)
 
 
 def check_accuracy(ref_correct, var_correct, item_ids, tol: Tolerance, alpha: float = 0.05, **options) -> CheckResult:
@@ -424,66 +324,10 @@ def check_truncation(ref_truncated, var_truncated, item_ids, tol: Tolerance, alp
 
 
 def check_length(
-    ref_tokens: Sequence[float] | np.ndarray,
-    var_tokens: Sequence[float] | np.ndarray,
-    item_ids: Sequence[str] | np.ndarray,
-    tol: Tolerance,
-    alpha: float = 0.05,
-    mode: str = "evidence-of-harm",
-    n_resamples: int = 2000,
-    seed: int = 0,
-    check: str = "length",
+    ref_tokens, var_tokens, item_ids, tol: Tolerance, alpha: float = 0.05, *, check: str = "length", **options
 ) -> CheckResult:
-    """Output-length check: ratio of a quantile (median or p95) of per-item mean lengths, variant/reference.
-
-    Fails on evidence that the ratio exceeds ``tol`` (e.g. 1.25). Quantized reasoning models think
-    longer and hit the output cap; a ratio of medians catches the typical inflation and the p95 the
-    long tail that turns into truncation. Paired bootstrap over items, fixed seed.
-    """
-    spec = _validate_common(check, alpha, mode, tol)
-    if spec.kind != "ratio":
-        raise ValueError(f"{check!r} is not a length check")
-    reference, variant, item_ids = _paired_arrays(ref_tokens, var_tokens, item_ids)
-    _, ref_items = per_item_means(reference, item_ids)
-    _, var_items = per_item_means(variant, item_ids)
-    statistic = quantile_ratio(spec.quantile)
-    ref_value = float(np.quantile(ref_items, spec.quantile))
-    var_value = float(np.quantile(var_items, spec.quantile))
-    if ref_value <= 0:
-        raise QtestsError(
-            f"{check}: the reference's {spec.description} is 0, so a length ratio is undefined; "
-            f"drop {check} from --fail-on for this task"
-        )
-    test = paired_bootstrap_test(
-        ref_items, var_items, statistic, tol.limit(ref_value), _alternative(spec, mode), alpha, n_resamples, seed
-    )
-    summary = (
-        f"{spec.description} {var_value:.4g} vs {ref_value:.4g} reference "
-        f"(x{test.estimate:.2f}, {round((1 - 2 * alpha) * 100):g}% CI [x{test.ci_low:.2f}, x{test.ci_high:.2f}], "
-        f"{ref_items.size} items)"
-    )
-    result = CheckResult(
-        check=check,
-        mode=mode,
-        reference_value=ref_value,
-        variant_value=var_value,
-        estimate=test.estimate,
-        ci_low=test.ci_low,
-        ci_high=test.ci_high,
-        confidence=1 - 2 * alpha,
-        margin=tol.limit(ref_value),
-        p_value=test.p_value,
-        alpha=alpha,
-        passed=_decide(test.p_value, alpha, mode),
-        message="",
-        method=test.method,
-        n_items=test.n_items,
-        summary=summary,
-        limit_text=tol.describe(ref_value),
-        evidence=test.method,
-        details={"p_resolution": 1.0 / n_resamples, "samples_per_item": reference.size / ref_items.size},
-    )
-    return dataclasses.replace(result, message=_verdict_text(result))
+    """Output-length check (``length``, or ``length_p95``/``thinking_length`` via ``check``); see :func:`check_ratio`."""
+    return check_ratio(check, ref_tokens, var_tokens, item_ids, tol, alpha, **options)
 
 
 def check_absolute(
@@ -496,17 +340,17 @@ def check_absolute(
 ) -> CheckResult:
     """Stored-expectation mode (as vLLM CI does): compare one number with an expected one, no statistics.
 
-    ``direction`` says which way is better (default: from :data:`CHECKS`, e.g. higher accuracy, lower
-    truncation). ``"higher"``: passes when ``value >= (1 - rtol) * expected`` (vLLM's one-sided rtol);
-    ``"lower"``: passes when ``value <= (1 + rtol) * expected``. Estimate and margin are measured from the
-    expectation the way paired checks measure from the reference (difference for rates, ratio for
-    lengths), so tables and ``results.json`` read the same. Offered for users who keep hand-set numbers;
-    it cannot tell noise from harm, so it needs wide tolerances.
+    ``direction`` says which way is better (default: from :data:`~pytest_qtests.gate.tolerances.CHECK_SPECS`,
+    e.g. higher accuracy, lower truncation). ``"higher"``: passes when ``value >= (1 - rtol) * expected``
+    (vLLM's one-sided rtol); ``"lower"``: passes when ``value <= (1 + rtol) * expected``. Estimate and
+    margin are measured from the expectation the way paired checks measure from the reference
+    (difference for rates, ratio for lengths), so tables and ``results.json`` read the same. Offered for
+    users who keep hand-set numbers; it cannot tell noise from harm, so it needs wide tolerances.
     """
     if rtol < 0:
         raise QtestsError(f"{check}: rtol must be non-negative, got {rtol}")
     if direction is None:
-        direction = "higher" if check in CHECKS and CHECKS[check].worse == "lower" else "lower"
+        direction = "higher" if check in CHECK_SPECS and CHECK_SPECS[check].worse == "lower" else "lower"
     if direction not in ("higher", "lower"):
         raise QtestsError(f"{check}: direction must be 'higher' or 'lower', got {direction!r}")
     if direction == "higher":
@@ -517,8 +361,7 @@ def check_absolute(
         threshold = (1.0 + rtol) * expected
         passed = value <= threshold
         relation = "at or below" if passed else "above"
-    is_ratio = check in CHECKS and CHECKS[check].kind == "ratio"
-    relative = is_ratio and expected > 0
+    relative = is_ratio(check) and expected > 0
     estimate = value / expected if relative else value - expected
     margin = threshold / expected if relative else threshold - expected
     sign = "-" if direction == "higher" else "+"
@@ -549,28 +392,6 @@ def check_absolute(
     )
 
 
-def apply_holm(results: Sequence[CheckResult]) -> list[CheckResult]:
-    """Holm-adjust the evidence-of-harm checks of one family (e.g. all checks of one variant).
-
-    The family-wise chance that an identical model fails *any* of its checks stays at ``alpha``.
-    Non-inferiority checks are left alone (they must all pass, which needs no correction) and so are
-    absolute checks (no p-value). Verdicts and messages are recomputed from the adjusted p-values.
-    """
-    family = [i for i, r in enumerate(results) if r.mode == "evidence-of-harm" and r.p_value is not None]
-    adjusted = holm_adjust([results[i].p_value for i in family])  # type: ignore[misc]
-    out = list(results)
-    for index, p_adj in zip(family, adjusted):
-        result = out[index]
-        updated = dataclasses.replace(
-            result,
-            adjusted_p_value=p_adj,
-            passed=_decide(p_adj, result.alpha, result.mode),
-            details={**result.details, "holm_family_size": len(family)},
-        )
-        out[index] = dataclasses.replace(updated, message=_verdict_text(updated))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # From graded outcomes to verdicts
 
@@ -596,6 +417,10 @@ def align_outcomes(
     return [ref_by_key[k] for k in keys], [var_by_key[k] for k in keys]
 
 
+# The paired check for each kind of check spec; all share one signature (see the module docstring).
+PAIRED_CHECK_BY_KIND = {"rate": check_rate, "ratio": check_ratio}
+
+
 def run_checks(
     reference: Sequence[ItemOutcome],
     variant: Sequence[ItemOutcome],
@@ -607,19 +432,17 @@ def run_checks(
 ) -> list[CheckResult]:
     """Every tolerated check of one variant on one task, *not yet* Holm-adjusted.
 
-    Collect the results of all tasks of a variant, then call :func:`apply_holm` once on the lot, so
-    the family covers everything that could fail that variant.
+    Collect the results of all tasks of a variant, then call
+    :func:`~pytest_qtests.gate.multiplicity.apply_holm` once on the lot, so the family covers
+    everything that could fail that variant.
     """
     ref, var = align_outcomes(reference, variant)
     item_ids = np.array([o.item_id for o in ref])
     results = []
     for check, tol in tolerances.items():
-        spec = CHECKS[check]
+        spec = CHECK_SPECS[check]
         ref_values = np.array([float(getattr(o, spec.outcome_field)) for o in ref])
         var_values = np.array([float(getattr(o, spec.outcome_field)) for o in var])
-        options = {"mode": mode, "n_resamples": n_resamples, "seed": seed}
-        if spec.kind == "rate":
-            results.append(check_rate(check, ref_values, var_values, item_ids, tol, alpha, **options))
-        else:
-            results.append(check_length(ref_values, var_values, item_ids, tol, alpha, check=check, **options))
+        paired_check = PAIRED_CHECK_BY_KIND[spec.kind]
+        results.append(paired_check(check, ref_values, var_values, item_ids, tol, alpha, mode, n_resamples, seed))
     return results

@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pytest_qtests.gate.checks import CHECKS, CheckResult, check_absolute
+from pytest_qtests.gate.checks import CheckResult, check_absolute
+from pytest_qtests.gate.tolerances import CHECK_SPECS
 from pytest_qtests.records import ItemOutcome, QtestsError
 from pytest_qtests.gate.stats import per_item_means
 
@@ -76,17 +77,17 @@ class Expectations:
 
 
 def _metric_value(check: str, value: Any, source: str) -> float:
-    if check not in CHECKS:
+    if check not in CHECK_SPECS:
         raise QtestsError(
-            f"{source}: unknown metric {check!r}; expected one of {', '.join(sorted(CHECKS))} or rtol, "
+            f"{source}: unknown metric {check!r}; expected one of {', '.join(sorted(CHECK_SPECS))} or rtol, "
             f"e.g. {EXPECT_EXAMPLE}"
         )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise QtestsError(f"{source}: {check} must be a number, got {value!r}; e.g. {EXPECT_EXAMPLE}")
     value = float(value)
-    if CHECKS[check].kind == "rate" and not 0.0 <= value <= 1.0:
+    if CHECK_SPECS[check].kind == "rate" and not 0.0 <= value <= 1.0:
         raise QtestsError(f"{source}: {check} {value:g} is not a fraction between 0 and 1 (write 0.78, not 78)")
-    if CHECKS[check].kind == "ratio" and value <= 0:
+    if CHECK_SPECS[check].kind == "ratio" and value <= 0:
         raise QtestsError(f"{source}: {check} {value:g} must be a positive number of tokens")
     return value
 
@@ -195,7 +196,7 @@ def build_expectations(
 def observed_value(check: str, outcomes: Sequence[ItemOutcome]) -> float:
     """The run's value of ``check``, items as the unit (per-item means first, as the paired checks do):
     a rate's mean, or the median (p95) of per-item output or thinking tokens."""
-    spec = CHECKS[check]
+    spec = CHECK_SPECS[check]
     ids = np.array([o.item_id for o in outcomes])
     values = np.array([float(getattr(o, spec.outcome_field)) for o in outcomes])
     _, per_item = per_item_means(values, ids)

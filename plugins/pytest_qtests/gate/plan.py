@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pytest_qtests.gate.checks import parse_tolerance
+from pytest_qtests.gate.tolerances import parse_tolerance
 from pytest_qtests.records import QtestsError
 from pytest_qtests.gate.stats import (
     DesignVariance,

@@ -51,6 +51,7 @@ class RunEvidence:
     reference_records: list[GenerationRecord] | None = None
     items: dict[str, TaskItem] = field(default_factory=dict)
     forensics: Any = None  # forensics.Forensics of a compared variant, else None
+    diagnosis: Any = None  # evaluate.diagnosis.Diagnosis of a variant whose degenerate check failed, else None
 
     @property
     def checks(self) -> dict[str, CheckResult]:
@@ -76,6 +77,7 @@ def gather(gate: Any) -> list[RunEvidence]:
             variant=row["variant"], task=row["task"], role=row["role"], row=row, outcomes=list(run.outcomes),
             records=list(run.records), fingerprint=run.fingerprint.to_dict(), canary=run.canary,
             complete=run.complete, items=_task_items(gate, row["task"]),
+            diagnosis=gate.diagnoses.get((row["variant"], row["task"])),
         )
         if row["role"] != "reference":
             try:
@@ -258,6 +260,8 @@ def failure_messages(entries: Sequence[RunEvidence]) -> list[str]:
             messages.append(f"{entry.variant} on {entry.task}: {entry.canary.message}")
         messages += [f"{entry.variant} on {entry.task}: {result.message}"
                      for result in entry.checks.values() if not result.passed]
+        if entry.diagnosis is not None:
+            messages.append(f"{entry.variant} on {entry.task}: {entry.diagnosis.message}")
     return messages
 
 

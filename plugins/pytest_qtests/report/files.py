@@ -164,6 +164,7 @@ def run_document(entry: RunEvidence) -> dict[str, Any]:
         "flips": {"lost": sum(f.direction == "lost" for f in flips), "gained": sum(f.direction == "gained" for f in flips)},
         "fingerprint": entry.fingerprint,
         "truncation_forensics": None if entry.forensics is None else entry.forensics.to_dict(),
+        "diagnosis": None if entry.diagnosis is None else entry.diagnosis.to_dict(),
     }
 
 

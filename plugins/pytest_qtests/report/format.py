@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_qtests.gate.checks import CHECKS, CheckResult
+from pytest_qtests.gate.checks import CheckResult
+from pytest_qtests.gate.tolerances import is_ratio
 
 
 def cell_rate(value: float | None) -> str:
@@ -53,13 +54,9 @@ def row_verdict(row: dict[str, Any]) -> str:
     return "PASS" if not failed else "FAIL " + ",".join(failed)
 
 
-def _is_ratio(result: CheckResult) -> bool:
-    return CHECKS[result.check].kind == "ratio" if result.check in CHECKS else False
-
-
 def cell_estimate(result: CheckResult) -> str:
     """The estimate in its natural unit: ``-5.0 pp`` for rates, ``x1.18`` for length ratios."""
-    return f"x{result.estimate:.2f}" if _is_ratio(result) else f"{100 * result.estimate:+.1f} pp"
+    return f"x{result.estimate:.2f}" if is_ratio(result.check) else f"{100 * result.estimate:+.1f} pp"
 
 
 def cell_interval(result: CheckResult) -> str:
@@ -67,7 +64,7 @@ def cell_interval(result: CheckResult) -> str:
     if result.ci_low is None or result.ci_high is None:
         return "-"
     level = f" ({result.confidence:.0%})" if result.confidence else ""
-    if _is_ratio(result):
+    if is_ratio(result.check):
         return f"[x{result.ci_low:.2f}, x{result.ci_high:.2f}]{level}"
     return f"[{100 * result.ci_low:+.1f}, {100 * result.ci_high:+.1f}] pp{level}"
 

@@ -10,6 +10,7 @@ matplotlib's color cycle so that several variants stay apart.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -212,6 +213,33 @@ def footprint_plot(entries: Sequence[RunEvidence]) -> bytes | None:
     return _png(figure)
 
 
+def localisation_plot(entries: Sequence[RunEvidence]) -> bytes | None:
+    """Per diagnosed variant: relative error of each decoder layer's output and module classes, log scale."""
+    diagnosed = [e for e in entries if e.diagnosis is not None and e.diagnosis.localisation is not None]
+    if not diagnosed:
+        return None
+    figure, axes = _figure(len(diagnosed), 6)
+    for axis, entry in zip(axes, diagnosed):
+        localisation = entry.diagnosis.localisation
+        layers = [layer.layer for layer in localisation.layers]
+        classes = sorted({name for layer in localisation.layers for name in layer.modules})
+        for name in ["output", *classes]:
+            values = [layer.output if name == "output" else layer.modules.get(name, math.nan)
+                      for layer in localisation.layers]
+            axis.plot(layers, [v if math.isfinite(v) and v > 0 else math.nan for v in values], marker="o",
+                      linewidth=2.5 if name == "output" else 1.2, color="black" if name == "output" else None,
+                      label=name)
+        if localisation.jump_layer is not None:
+            axis.axvline(layers[localisation.jump_layer], color="red", linestyle=":", label="error jumps")
+        axis.set_yscale("log")
+        axis.set_xticks(layers)
+        axis.set_xlabel("decoder layer")
+        axis.set_ylabel("relative error vs reference")
+        axis.set_title(f"{entry.variant} on {entry.task}", fontsize=9)
+        axis.legend(fontsize=7)
+    return _png(figure)
+
+
 PLOTS: tuple[tuple[str, str, str, Callable[[Sequence[RunEvidence]], bytes | None]], ...] = (
     ("accuracy", "Accuracy", "Dots: accuracy; bars: 95% Wilson interval (items as the unit); dotted line: "
      "the reference. Red: the accuracy check failed; green: passed.", accuracy_plot),
@@ -224,6 +252,10 @@ PLOTS: tuple[tuple[str, str, str, Callable[[Sequence[RunEvidence]], bytes | None
      "closed.", thinking_plot),
     ("footprint", "Accuracy vs footprint", "Accuracy (95% Wilson interval) against the checkpoint's "
      "size on disk, as the audit measured it.", footprint_plot),
+    ("localisation", "Where the error enters", "Variants that failed the canary or the degenerate check, "
+     "teacher-forced on the reference's canary texts: ||variant - reference|| / ||reference|| of each decoder "
+     "layer's output (black) and of each module class inside it; dotted red: the layer where the error jumps.",
+     localisation_plot),
 )
 
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from pytest_qtests.store.cache import BUSY_TIMEOUT_MS, GenerationCache
 from pytest_qtests.store.fingerprint import Fingerprint
 from pytest_qtests.records import GenerationRecord, ItemOutcome, QtestsError, VariantSpec
-from pytest_qtests.evaluate.evaluator import CanaryResult, TaskRun
+from pytest_qtests.evaluate.canary import CanaryResult
+from pytest_qtests.evaluate.evaluator import TaskRun
 
 if TYPE_CHECKING:
     from pytest_qtests.session import GateSession

@@ -1,0 +1,52 @@
+"""The canary's measurements on engines: which requests it looks at, and its teacher-forced divergence.
+
+The verdict on those measurements is :mod:`pytest_qtests.evaluate.canary`; this module is the part
+that asks a backend for scores. The reference scores its own canary texts (prompt + its output) while
+its engine is still loaded; each variant later scores the same texts, and the two are compared token
+by token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+from pytest_qtests.engines.teacher_forcing import TokenScores, compare_scores
+from pytest_qtests.evaluate.canary import CanaryDivergence
+from pytest_qtests.evaluate.divergence import pool
+from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError
+
+if TYPE_CHECKING:
+    from pytest_qtests.engines.base import Backend
+
+# The reference's canary texts and its scores of them, or why there are none.
+ReferenceScores = tuple[list[str], list[TokenScores]] | str
+
+
+def canary_indices(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over the run, so the canary sees easy and hard items alike."""
+    step = total / count
+    return sorted({min(total - 1, math.floor(i * step)) for i in range(count)})
+
+
+def score_reference_canary(backend: Backend, requests: Sequence[GenerationRequest],
+                           records: Sequence[GenerationRecord], count: int) -> ReferenceScores:
+    """The reference's ``backend`` scores its own canary texts: the prompts of the ``count`` canary
+    requests followed by the reference's outputs (``records``, in request order) to them."""
+    if not backend.capabilities.teacher_forced_scoring:
+        return f"the {backend.name} backend cannot score tokens"
+    picked = canary_indices(len(requests), count) if len(requests) > count else []
+    texts = [requests[i].prompt + records[i].text for i in picked if records[i].finish_reason != "error"]
+    return (texts, backend.score(texts)) if texts else "no reference canary outputs to score"
+
+
+def canary_divergence(backend: Backend, reference_scores: ReferenceScores) -> CanaryDivergence:
+    """The variant's ``backend`` scores the reference's canary texts; pooled divergence from the reference's scores."""
+    if isinstance(reference_scores, str):
+        return CanaryDivergence(None, reference_scores)
+    texts, reference = reference_scores
+    try:
+        reports = [compare_scores(r, v) for r, v in zip(reference, backend.score(texts))]
+    except QtestsError as error:  # e.g. a variant shipped with a different tokenizer
+        return CanaryDivergence(None, str(error))
+    return CanaryDivergence(pool(reports))
