@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from argparse import Namespace
+from argparse import BooleanOptionalAction, Namespace
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -68,6 +68,7 @@ class RunConfig:
     batch_size: int = 64
     expectations: Expectations = field(default_factory=Expectations)
     extend_truncated: float | None = None  # continue truncated samples to this factor x the cap
+    stop_early: bool = False  # sequential mode (gate/sequential.py): off by default, see README "Stopping early"
 
 
 def read_suite_file(path: Path) -> dict[str, Any]:
@@ -191,6 +192,9 @@ class GateOptions:
     extend_truncated: float | None = _option(
         "--extend-truncated", "after the run, continue every output cut at the cap up to F x the cap "
         "(reference and variants)", metavar="F", suite=True)
+    stop_early: bool | None = _option(
+        "--stop-early", "decide each check as soon as an anytime-valid confidence sequence allows and stop "
+        "generating a variant once all its checks are decided (default off: --no-stop-early)", suite=True)
     report_dir: str | None = _option(
         "--qt-report", "write results.json, summary.md, flips.jsonl and report.html here", metavar="DIR")
 
@@ -235,6 +239,8 @@ class GateOption:
     def parser_arguments(self) -> dict[str, Any]:
         """Keyword arguments of ``add_argument`` / pytest's ``addoption`` (the same for both)."""
         if self.type is bool:
+            if self.default is None:  # on, off, or not given (the suite file or the default decides)
+                return {"dest": self.dest, "action": BooleanOptionalAction, "default": None, "help": self.help}
             return {"dest": self.dest, "action": "store_true", "help": self.help}
         arguments: dict[str, Any] = {"dest": self.dest, "help": self.help}
         if self.is_list:
@@ -409,6 +415,7 @@ def build_config(options: GateOptions) -> RunConfig:
         batch_size=batch_size,
         expectations=expectations,
         extend_truncated=extend_truncated,
+        stop_early=bool(given("stop_early", False)),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_qtests.gate import gatekeeping, sequential, stats
+from pytest_qtests.gate import gatekeeping, sequential, stats, verdict
 
 SETTINGS = settings(max_examples=120, deadline=None)
 p_values = st.floats(0.0, 1.0, allow_nan=False)
@@ -80,7 +80,7 @@ def test_the_int2_default_case_fails_with_an_interval_beyond_the_margin():
     assert allocation.rejected == (True, False, False, False)
     used = stats.paired_binary_test(9, 0, 160, -0.02, "less", allocation.levels[0])
     assert used.ci_high < -0.02
-    assert sequential.verdict_of_interval(used.ci_low, used.ci_high, -0.02, "lower") == "FAIL"
+    assert verdict.verdict_of_interval(used.ci_low, used.ci_high, -0.02, "lower") == "FAIL"
 
 
 def test_weighted_holm_refuses_weights_over_one():
@@ -127,10 +127,12 @@ def test_paired_differences_stay_in_minus_one_to_one_and_zero_lengths_count_as_u
 @given(st.floats(-1, 1), st.floats(0, 1), st.floats(-1, 1), st.sampled_from(["lower", "higher"]))
 def test_three_way_verdict_of_an_interval(low, width, margin, worse):
     high = min(1.0, low + width)
-    verdict = sequential.verdict_of_interval(low, high, margin, worse)
+    found = verdict.verdict_of_interval(low, high, margin, worse)
     beyond = high < margin if worse == "lower" else low > margin
     within = low > margin if worse == "lower" else high < margin
-    assert verdict == ("FAIL" if beyond else "PASS" if within else "INCONCLUSIVE")
+    assert found == ("FAIL" if beyond else "PASS" if within else "INCONCLUSIVE")
+    assert verdict.passes(found, "evidence-of-harm") == (found != "FAIL")
+    assert verdict.passes(found, "non-inferiority") == (found == "PASS")
 
 
 @settings(max_examples=15, deadline=None)

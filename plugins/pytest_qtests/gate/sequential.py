@@ -38,11 +38,11 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from pytest_qtests.gate.gatekeeping import check_weights, weighted_holm
+from pytest_qtests.gate.verdict import Verdict, verdict_of_interval
 from pytest_qtests.lazy import LazyAttribute
 
 BettingCS = LazyAttribute("ville", "BettingCS")  # imported on first use: the plugin loads on every pytest start
 
-Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 SEQUENCE_SHARE = 0.5  # of each check's level: the anytime-valid sequence; the rest: the final fixed-n test
 BET_CAP = 0.75  # WSR's truncation c
 GRID_POINTS = 4001  # candidate means on [-1, 1]: 0.0005 apart, far below any margin
@@ -133,13 +133,6 @@ class ConfidenceSequence:
         if not self._differences:
             return -1.0, 1.0
         return self._sequence.interval()
-
-
-def verdict_of_interval(low: float, high: float, margin: float, worse: Literal["lower", "higher"]) -> Verdict:
-    """Three-way verdict of one interval against the margin (in the same units)."""
-    if worse == "lower":
-        return "FAIL" if high < margin else "PASS" if low > margin else "INCONCLUSIVE"
-    return "FAIL" if low > margin else "PASS" if high < margin else "INCONCLUSIVE"
 
 
 @dataclass(frozen=True)
