@@ -6,6 +6,7 @@ Knows nothing of pytest: the plugin turns :class:`Verdict` objects into passes, 
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from pytest_qtests.gate.forensics import Forensics, build_forensics
 from pytest_qtests.gate.checks import CheckResult, run_checks
 from pytest_qtests.gate.decisions import sequential_results
 from pytest_qtests.gate.multiplicity import apply_gatekeeping
+from pytest_qtests.gate.verdict import InconclusiveWarning
 from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.evaluate.diagnosis import Diagnosis
 from pytest_qtests.evaluate.parity import ParityReport
@@ -178,6 +180,8 @@ class GateSession:
             message += f"; {self.forensics(variant, task).verdict_clause()}"
         if check == "degenerate" and not result.passed:
             message += f"; {self.diagnosis(variant, task).message}"
+        if result.verdict == "INCONCLUSIVE" and result.passed:
+            warnings.warn(InconclusiveWarning(message), stacklevel=2)
         return Verdict(result.passed, message + where, result.junit_properties())
 
     def forensics(self, variant: VariantSpec, task: str) -> Forensics | None:

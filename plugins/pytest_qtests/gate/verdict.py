@@ -16,6 +16,11 @@ from typing import Literal
 from pytest_qtests.gate.stats import minimum_detectable_drop
 
 Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
+
+
+class InconclusiveWarning(UserWarning):
+    """An evidence-of-harm check passed only because the run could not tell (pytest lists it under warnings)."""
+
 MDE_POWER = 0.8
 
 
