@@ -381,6 +381,10 @@ def build_config(options: GateOptions) -> RunConfig:
     if backend not in BACKENDS:  # a flag's choices are checked as it is parsed; Python's and the suite's here
         where = "--backend" if options.backend else f"suite file {suite_path}: backend"
         raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    stop_early = bool(given("stop_early", False))
+    if stop_early and not given("reference"):
+        raise QtestsError("--stop-early needs a live --reference to pair each look with (a stored baseline is not "
+                          "supported with it yet): add --reference or drop --stop-early")
     extend_truncated = given("extend_truncated")
     if extend_truncated is not None:
         extended_cap(max_tokens, extend_truncated)  # validates the factor
@@ -415,7 +419,7 @@ def build_config(options: GateOptions) -> RunConfig:
         batch_size=batch_size,
         expectations=expectations,
         extend_truncated=extend_truncated,
-        stop_early=bool(given("stop_early", False)),
+        stop_early=stop_early,
     )
 
 
