@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/python -m pytest qtests -p no:cacheprovider -q -rxXfE
+	@echo "== the CI path: the same variants against the stored baseline baselines/bf16/zoo.json, no reference run =="
+	$(BIN)/python -m pytest qtests -p no:cacheprovider -q -rxXfE --baseline bf16
 
 # every kind: unit, engine integration, end to end (see tests/conftest.py)
 test: install

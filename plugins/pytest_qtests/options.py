@@ -29,6 +29,7 @@ from pytest_qtests.store.fingerprint import mismatch_field_names
 from pytest_qtests.gate.tolerances import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
 from pytest_qtests.evaluate.parity import parse_parity
 from pytest_qtests.records import QtestsError, SamplingParams, VariantSpec
+from pytest_qtests.settings import DEFAULT_CANARY, RunConfig
 from pytest_qtests.engines.registry import BACKENDS
 from pytest_qtests.engines.sampling import sampling_preset
 from pytest_qtests.tasks.registry import task_spec_name
@@ -36,39 +37,6 @@ from pytest_qtests.variants import check_unique_labels, parse_variant
 
 DEFAULT_FAIL_ON = "accuracy:-2pp,truncation:+5pp,length:1.25x,degenerate:+2pp"
 DEFAULT_MAX_TOKENS = 2048
-DEFAULT_CANARY = 16
-
-
-@dataclass
-class RunConfig:
-    reference: VariantSpec | None
-    models: list[VariantSpec]
-    tasks: list[str]
-    backend: str = "transformers"
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "auto"
-    base_urls: list[str] = field(default_factory=list)
-    replay: dict[str, str] = field(default_factory=dict)
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    limit: int | None = None
-    repeats: int = 1
-    thinking: bool = True
-    tolerances: dict[str, Tolerance] = field(default_factory=dict)
-    gate_mode: str = "evidence-of-harm"
-    alpha: float = 0.05
-    policies: list[str] = field(default_factory=list)
-    canary: int = DEFAULT_CANARY
-    parity: tuple[str, str] | None = None  # (engine under test, engine it is held to)
-    baseline: str | None = None
-    baseline_dir: Path = Path("baselines")
-    save_baseline: bool = False
-    allow_mismatch: list[str] = field(default_factory=list)
-    cache_dir: Path | None = DEFAULT_CACHE_DIR
-    report_dir: Path | None = None
-    batch_size: int = 64
-    expectations: Expectations = field(default_factory=Expectations)
-    extend_truncated: float | None = None  # continue truncated samples to this factor x the cap
-    stop_early: bool = False  # sequential mode (gate/sequential.py): off by default, see README "Stopping early"
 
 
 def read_suite_file(path: Path) -> dict[str, Any]:
@@ -316,7 +284,8 @@ def build_config(options: GateOptions) -> RunConfig:
         parsed = parse_variant(text, where)
         return VariantSpec(parsed.label, parsed.source, parsed.revision, parsed.label in trusted)
 
-    reference_text = options.reference or suite.get("reference")
+    # a --baseline flag is the stored stand-in for the suite's live reference (the CI path), so it replaces it
+    reference_text = options.reference or (None if options.baseline else suite.get("reference"))
     reference = spec(reference_text, None if options.reference else base) if reference_text else None
     models = [spec(t, None) for t in options.models or []] or [spec(t, base) for t in suite.get("models", [])]
     if not models and reference is None:

@@ -14,7 +14,8 @@ from typing import Any, NoReturn
 import pytest
 
 from pytest_qtests import distributed
-from pytest_qtests.options import GateOptions, RunConfig, add_gate_options, build_config
+from pytest_qtests.options import GateOptions, add_gate_options, build_config
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.preflight import check_before_run
 from pytest_qtests.records import QtestsError, VariantSpec
 from pytest_qtests.session import SUITE_CHECKS, GateSession, Verdict

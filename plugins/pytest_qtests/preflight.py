@@ -9,7 +9,7 @@ at run time, so one broken variant never stops the others from being evaluated.
 from __future__ import annotations
 
 from pytest_qtests.store.baselines import load_baseline
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.audit.policies import parse_policy
 from pytest_qtests.records import QtestsError
 from pytest_qtests.tasks.loaders import TaskData, load_task

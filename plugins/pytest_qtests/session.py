@@ -12,7 +12,7 @@ from typing import Any
 
 from pytest_qtests.audit.checkpoint import AuditReport, audit
 from pytest_qtests.store.baselines import Baseline, baseline_path, load_baseline, resolve_baseline, save_baseline
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.gate.expectations import Expectation, expectation_checks
 from pytest_qtests.store.fingerprint import check_compatible
 from pytest_qtests.gate.forensics import Forensics, build_forensics

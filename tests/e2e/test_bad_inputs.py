@@ -389,6 +389,48 @@ def test_diagnose_refuses_what_it_cannot_compare_before_loading_a_model(tmp_path
     assert files_in(tmp_path) == set()
 
 
+# -- qtests card: exit 2, one line, the README untouched ---------------------------------------------------
+
+CARD_CASES = {
+    "card-without-results": (["{empty}"], "no results.json in {empty}: pass the folder a gate run wrote with "
+                                          "--qt-report DIR"),
+    "card-results-off-schema": (["{broken}"], "{broken}/results.json does not match the results schema (the document: "
+                                              "'schema_version' is a required property); re-run the gate with --qt-report"),
+    "card-several-variants": (["{report}"], "results.json holds 2 variants (same, worse); name the one to card with "
+                                            "--variant LABEL"),
+    "card-unknown-variant": (["{report}", "--variant", "int4"], "results.json has no variant 'int4' (variants: same, "
+                                                                "worse); pass --variant with one of them"),
+    "card-failed-variant": (["{report}", "--variant", "worse"],
+                            "worse failed the gate (zoo: FAIL accuracy): refusing to write its model card; pass "
+                            "--allow-failed to write one that says it failed"),
+    "card-stray-marker": (["{report}", "--variant", "same"],
+                          "the existing README.md has only one of the qtests markers, or them out of order; restore "
+                          "both ('<!-- qtests:card:begin (written by `qtests card`; edits between these markers are "
+                          "replaced) -->' before '<!-- qtests:card:end -->') or delete the stray one"),
+}
+
+
+@pytest.mark.parametrize("case", list(CARD_CASES))
+def test_bad_card_input_is_one_line_and_leaves_the_readme_alone(replayed_report, tmp_path, case):
+    args, line = CARD_CASES[case]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    readme = "# mine\n\n<!-- qtests:card:begin (written by `qtests card`; edits between these markers are replaced) -->\n"
+    (out / "README.md").write_text(readme if case == "card-stray-marker" else "# mine\n")
+    before = {path: path.read_bytes() for path in out.iterdir()}
+    paths = {"empty": tmp_path / "empty", "broken": tmp_path / "broken", "report": replayed_report}
+    done = subprocess.run([sys.executable, "-m", "pytest_qtests.cli.main", "card",
+                           *[arg.format(**paths) for arg in args], "-o", str(out)],
+                          env=gate_env(), capture_output=True, text=True, timeout=120)
+    run = Run(done.returncode, done.stdout, done.stderr)
+    assert run.returncode == 2 and run.stderr.splitlines() == [f"qtests: error: {line.format(**paths)}"], run.stderr
+    assert_clean(run)
+    assert {path: path.read_bytes() for path in out.iterdir()} == before
+
+
 # -- safety ------------------------------------------------------------------------------------------------
 
 MATH_ITEMS = [{"unique_id": f"m{i}", "problem": "What is 1+1?", "answer": "2", "subject": "a", "level": 1}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pytest_qtests.cli.main import main
 from pytest_qtests.records import QtestsError
-from pytest_qtests.build.sweep import SweepRow, mark_pareto, sweep_points
+from pytest_qtests.build.sweep import SweepRow, mark_pareto, smallest_passing, sweep_points
 from pytest_qtests.report.sweep import markdown_table, rich_table
 
 ZOO = Path(__file__).resolve().parents[2] / "fixtures" / "zoo"
@@ -33,6 +34,14 @@ def test_pareto_front_keeps_only_undominated_variants_and_highlights_the_smalles
     mark_pareto(rows)
     assert {r.label for r in rows if r.pareto} == {"small-bad", "mid-good", "big-best"}
     assert [r.label for r in rows if r.smallest_passing] == ["mid-good"]
+
+
+def test_the_card_goes_to_the_smallest_variant_that_passed_on_every_task():
+    rows = [row("tiny", 100, 0.0, 0.0), row("small", 200, -0.01, 0.0), row("big", 400, 0.0, 0.0)]
+    rows += [replace(rows[0], task="gsm8k", verdict="FAIL"), replace(rows[1], task="gsm8k"),
+             replace(rows[2], task="gsm8k"), row("reference", 800, 0.0, 0.0, "reference")]
+    assert smallest_passing(rows) == "small"  # tiny passed zoo but failed gsm8k
+    assert smallest_passing([r for r in rows if r.label in ("tiny", "reference")]) is None
 
 
 def test_tables_sort_by_footprint_and_mark_the_smallest_passing_variant():
@@ -80,9 +89,15 @@ def test_small_sweep_builds_gates_and_reuses(tmp_path, monkeypatch, capsys):
     summary = (tmp_path / "sweep" / "report" / "summary.md").read_text()
     assert "w2a16-recommended: made by qtests quantize: recipe recommended, W2A16 g32" in summary
 
-    assert main(argv) == code  # same inputs: both checkpoints reused, generations from the cache
+    assert main(argv + ["--card"]) == code  # same inputs: both checkpoints reused, generations from the cache
     second = capsys.readouterr()
     assert second.err.count("reusing") == 1 and "quantizing" not in second.err
+    card = tmp_path / "sweep" / "variants" / "w2a16-recommended" / "README.md"
+    assert card.is_file() == (variant["verdict"] == "PASS")  # the card goes to the smallest passing variant only
+    if card.is_file():
+        assert f"model card: {card}" in second.out and "Recipe `recommended`" in card.read_text()
+    else:
+        assert "no variant passed the gate: no model card written" in second.out
     again = {r["label"]: r for r in json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]}
     assert again["w2a16-recommended"]["build"] == "reused"
     assert again["w2a16-recommended"]["delta_accuracy"] == variant["delta_accuracy"]

@@ -361,7 +361,7 @@ class TokenizingBackend(worker.DeterministicBackend):
 
 def test_a_cached_rerun_renders_from_the_cache_and_loads_no_tokenizer(tmp_path, monkeypatch, register_backend):
     from pytest_qtests.evaluate.evaluator import Evaluator
-    from pytest_qtests.options import RunConfig
+    from pytest_qtests.settings import RunConfig
     from pytest_qtests.records import VariantSpec
 
     register_backend("tokenizing", lambda config, variant: TokenizingBackend())

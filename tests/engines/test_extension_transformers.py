@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qtests.store.cache import GenerationCache
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import SamplingParams, VariantSpec
 from pytest_qtests.evaluate.evaluator import Evaluator
 

@@ -17,7 +17,7 @@ from conftest import REPO, ZOO
 from pytest_qtests.engines.base import EngineCapabilities, make_record
 from pytest_qtests.engines.registry import BACKENDS, backend_names, create_backend
 from pytest_qtests.evaluate.evaluator import Evaluator
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
 
 REFERENCE = VariantSpec("bf16", str(ZOO / "tiny-qwen3next"))

@@ -333,3 +333,41 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("qtests: error: no baseline named nothing") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+# -- the zoo's committed baseline and the CI path -------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO_SUITE = REPO / "fixtures" / "zoo" / "suite.toml"
+
+
+def test_a_baseline_flag_replaces_the_suites_live_reference():
+    from pytest_qtests.options import build_config
+
+    live = build_config({"qt_config": str(ZOO_SUITE)})
+    ci = build_config({"qt_config": str(ZOO_SUITE), "qt_baseline": "bf16"})
+    both = build_config({"qt_config": str(ZOO_SUITE), "qt_baseline": "bf16", "qt_reference": "bf16=org/bf16"})
+    assert live.reference.label == "bf16" and live.baseline is None
+    assert ci.reference is None and ci.baseline == "bf16" and ci.models == live.models
+    assert both.reference.source == "org/bf16"  # an explicit --reference still wins
+
+
+def test_committed_zoo_baseline_is_valid_and_made_by_the_zoo_reference_under_the_zoo_suite():
+    import tomllib
+
+    from pytest_qtests.engines.sampling import sampling_preset
+    from pytest_qtests.records import VariantSpec
+    from pytest_qtests.store.fingerprint import model_identity
+
+    assert cli.main(["baseline", "validate", str(REPO / "baselines")]) == 0
+    baseline = read_baseline_file(REPO / "baselines" / "bf16" / "zoo.json")
+    suite = tomllib.loads(ZOO_SUITE.read_text())
+    zoo_items = (REPO / "fixtures" / "zoo" / "task" / "test.jsonl").read_text().splitlines()
+    assert (baseline.name, baseline.task, len(baseline.items)) == ("bf16", "zoo", len(zoo_items))
+    fingerprint = baseline.fingerprint
+    assert (fingerprint.max_tokens, fingerprint.repeats, fingerprint.engine) == (suite["max_tokens"], 1, suite["backend"])
+    preset = sampling_preset(suite["sampling"], max_tokens=suite["max_tokens"], seed=0)
+    assert set(fingerprint.sampling) >= {"temperature", "top_p", "top_k"}
+    assert fingerprint.sampling == {key: getattr(preset, key) for key in fingerprint.sampling}
+    reference = VariantSpec("bf16", str(REPO / "fixtures" / "zoo" / "tiny-qwen3next"))
+    assert fingerprint.model["hash"] == model_identity(reference)["hash"]  # the weights in fixtures/zoo today

@@ -399,7 +399,7 @@ def test_real_detector_reasons_are_grouped_by_their_label():
 
 def test_write_reports_from_a_replayed_gate_session(tmp_path):
     """``write_reports(gate, dir)`` on a real GateSession whose engines are replay files."""
-    from pytest_qtests.options import RunConfig
+    from pytest_qtests.settings import RunConfig
     from pytest_qtests.records import VariantSpec
     from pytest_qtests.report.files import write_reports
     from pytest_qtests.report.terminal import render_summary

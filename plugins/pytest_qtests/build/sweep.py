@@ -187,6 +187,14 @@ def mark_pareto(rows: list[SweepRow]) -> None:
             min(passing, key=lambda r: (r.footprint_bytes, -(r.delta_accuracy or 0.0))).smallest_passing = True
 
 
+def smallest_passing(rows: Sequence[SweepRow]) -> str | None:
+    """The label of the smallest variant that passed on every task (the one worth publishing), else None."""
+    labels = {row.label for row in rows if row.verdict != "reference"}
+    passing = [row for row in rows if row.label in labels and row.footprint_bytes is not None
+               and all(other.verdict == "PASS" for other in rows if other.label == row.label)]
+    return min(passing, key=lambda r: (r.footprint_bytes, -(r.delta_accuracy or 0.0))).label if passing else None
+
+
 def _dominates(a: SweepRow, b: SweepRow) -> bool:
     """``a`` is at least as small, as accurate and as rarely truncated as ``b``, and better in one."""
     no_worse = (a.footprint_bytes <= b.footprint_bytes and a.delta_accuracy >= b.delta_accuracy

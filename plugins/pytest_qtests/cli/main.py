@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "pytest_qtests.cli.diagnose",
     "pytest_qtests.cli.quantize",
     "pytest_qtests.cli.sweep",
+    "pytest_qtests.cli.card",
 )
 
 

@@ -16,7 +16,7 @@ from pytest_qtests.build.recipes import RECIPES, SCHEMES
 from pytest_qtests.cli.quantize import add_quantize_options, settings_from
 from pytest_qtests.options import GateOptions, add_gate_options, split_commas
 from pytest_qtests.store.atomic import atomic_write
-from pytest_qtests.build.sweep import run_sweep, sweep_points
+from pytest_qtests.build.sweep import SweepPoint, SweepRow, run_sweep, smallest_passing, sweep_points
 from pytest_qtests.report.sweep import json_document, markdown_table, rich_table
 
 # The gate options a sweep takes, as pytest takes them. Not: the variants and reference (the sweep names
@@ -40,7 +40,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gate = parser.add_argument_group("gate (as for pytest qtests)")
     add_gate_options(gate.add_argument, only=SWEEP_GATE_OPTIONS)
     add_quantize_options(parser)
+    parser.add_argument("--card", action="store_true",
+                        help="write the model card (qtests card) into the smallest passing variant's folder")
     parser.set_defaults(func=run)
+
+
+def _write_card(rows: list[SweepRow], points: list[SweepPoint], report_dir: Path) -> None:
+    """The card of the smallest variant that passed on every task, into its own checkpoint folder."""
+    from pytest_qtests.report.card import write_card
+
+    label = smallest_passing(rows)
+    if label is None:
+        print("no variant passed the gate: no model card written")
+        return
+    folder = next(point.path for point in points if point.label == label)
+    print(f"model card: {write_card(report_dir, folder, variant=label)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,4 +76,6 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(args.output / "sweep.json", json_document(rows, meta))
     atomic_write(args.output / "sweep.md", markdown_table(rows, f"qtests sweep of {args.model}") + f"\n{timing}\n")
     print(f"tables: {args.output / 'sweep.md'}, {args.output / 'sweep.json'}; gate report: {args.output / 'report'}")
+    if args.card:
+        _write_card(rows, points, args.output / "report")
     return 0 if any(row.verdict == "PASS" for row in rows) else 1

@@ -113,3 +113,14 @@ def make_record(
         token_ids=token_ids,
         error=None if reason != "error" else f"engine finish_reason={finish_reason!r}",
     )
+
+
+def free_device_memory() -> None:
+    """Give a closed engine's memory back now: the next variant's engine loads in the same process."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -13,7 +13,7 @@ from pytest_qtests.records import VariantSpec
 
 if TYPE_CHECKING:
     from pytest_qtests.engines.base import Backend
-    from pytest_qtests.options import RunConfig
+    from pytest_qtests.settings import RunConfig
 
 
 class EngineSlot:

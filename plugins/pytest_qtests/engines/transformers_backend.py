@@ -8,7 +8,6 @@ version, which includes the batch size for that reason).
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import time
@@ -18,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores, scores_from_logits
-from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, last_error_line, make_record, prompt_token_ids, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, free_device_memory, last_error_line, make_record, prompt_token_ids, think_close_id
 from pytest_qtests.engines.load_hints import explain_load_failure
 
 
@@ -107,13 +106,9 @@ class TransformersBackend:
         return f"transformers {transformers.__version__} ({self._device}, {dtype}, batch {self.batch_size})"
 
     def close(self) -> None:
-        import torch
-
         self._model = None
         self._tokenizer = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_device_memory()
 
     # -- generation --------------------------------------------------------------------------------
     def generate(

@@ -14,7 +14,6 @@ while the engine loads, and a load failure is reported with the child's own erro
 from __future__ import annotations
 
 import functools
-import gc
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
-from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, make_record, prompt_token_ids, think_close_id
+from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, free_device_memory, make_record, prompt_token_ids, think_close_id
 
 EngineArgValue = str | int | float | bool
 
@@ -390,11 +389,7 @@ class VLLMBackend:
         llm, self._llm = self._llm, None
         llm.llm_engine.engine_core.shutdown()
         del llm
-        gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_device_memory()
 
     # -- generation --------------------------------------------------------------------------------
     def generate(

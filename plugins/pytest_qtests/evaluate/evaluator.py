@@ -31,7 +31,7 @@ from pytest_qtests.evaluate.grading import calibrated_thresholds, grade_records
 from pytest_qtests.evaluate.identity import run_fingerprint, variant_identity
 from pytest_qtests.evaluate.looks import SequentialRun, generate_in_looks
 from pytest_qtests.evaluate.rendering import PromptRenderer
-from pytest_qtests.options import RunConfig
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, VariantSpec
 from pytest_qtests.store.cache import GenerationCache, cached_generate, request_keys
 from pytest_qtests.store.fingerprint import Fingerprint

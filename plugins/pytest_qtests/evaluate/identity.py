@@ -13,7 +13,7 @@ from pytest_qtests.store.fingerprint import Fingerprint, model_identity, replay_
 
 if TYPE_CHECKING:
     from pytest_qtests.engines.base import Backend
-    from pytest_qtests.options import RunConfig
+    from pytest_qtests.settings import RunConfig
     from pytest_qtests.tasks.loaders import TaskData
 
 

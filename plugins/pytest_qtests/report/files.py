@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from pytest_qtests import __version__
-from pytest_qtests.options import RunConfig
+from pytest_qtests.version import __version__
+from pytest_qtests.settings import RunConfig
 from pytest_qtests.gate.checks import CheckResult
 from pytest_qtests.records import QtestsError
 from pytest_qtests.report.evidence import (

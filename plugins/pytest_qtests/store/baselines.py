@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from pytest_qtests import __version__
+from pytest_qtests.version import __version__
 from pytest_qtests.store.atomic import atomic_write
 from pytest_qtests.store.fingerprint import Fingerprint
 from pytest_qtests.records import ItemOutcome, QtestsError
