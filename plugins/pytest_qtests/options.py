@@ -351,7 +351,7 @@ def build_config(options: GateOptions) -> RunConfig:
         where = "--backend" if options.backend else f"suite file {suite_path}: backend"
         raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     stop_early = bool(given("stop_early", False))
-    if stop_early and not given("reference"):
+    if stop_early and not reference_text:
         raise QtestsError("--stop-early needs a live --reference to pair each look with (a stored baseline is not "
                           "supported with it yet): add --reference or drop --stop-early")
     extend_truncated = given("extend_truncated")
