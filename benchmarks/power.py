@@ -1,7 +1,8 @@
 """Power and false alarms of qtests' paired gate vs the rules other gates use, on simulated runs.
 
 Usage: ``PYTHONPATH=plugins python benchmarks/power.py [--runs 1000] [--false-alarm-runs 200]``
-(about 30 s on 2 cores).
+(about 30 s on 2 cores); ``--sequential`` runs the sequential gate's simulation instead (see
+:func:`sequential_main`; ``--workers`` spreads its runs over processes).
 
 Simulation (the item model ``qtests plan`` assumes):
 
@@ -28,17 +29,28 @@ False alarms: the same rules on re-runs of one model against itself (sampling no
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy.stats import norm
 
-from pytest_qtests.gate.checks import check_accuracy
-from pytest_qtests.gate.tolerances import parse_tolerance
+from pytest_qtests.gate.checks import check_accuracy, check_ratio, check_rate
+from pytest_qtests.gate.tolerances import CHECK_SPECS as CHECKS, parse_fail_on, parse_tolerance
+from pytest_qtests.gate.gatekeeping import check_weights, weighted_holm
+from pytest_qtests.gate.sequential import (
+    SequentialCheck,
+    SequentialGate,
+    look_ends,
+    paired_differences,
+    share_of_ratio,
+)
 from pytest_qtests.gate.stats import (
     degrade,
     difficulty_model_variances,
     discordance_rate,
+    holm_adjust,
     logit_shift_for_drop,
     mcnemar_power,
     wilson_interval,
@@ -116,7 +128,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000, help="simulated runs per n for detection rates")
     parser.add_argument("--false-alarm-runs", type=int, default=200, help="identical-model re-runs per n")
     parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--sequential", action="store_true", help="simulate the sequential gate instead")
+    parser.add_argument("--drop-sizes", default="1000", help="--sequential: item counts of the power table")
+    parser.add_argument("--workers", type=int, default=1, help="--sequential: processes")
     args = parser.parse_args()
+    if args.sequential:
+        sequential_main(args)
+        return
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
 
@@ -146,6 +164,143 @@ def main() -> None:
         identical,
     )
     print(f"({time.perf_counter() - started:.0f} s)")
+
+
+# --------------------------------------------------------------------------------------------------
+# The sequential gate against the fixed-n paired rule, the whole family of four checks.
+#
+# Each simulated item has, besides its accuracy (the Beta difficulty model above, sampled decoding),
+# a truncation chance (Beta, mean 5%), a degenerate-output chance (Beta, mean 1%) and a typical length
+# (log-normal); each model's outputs are fresh samples given the item, lengths with log-normal noise
+# (sd 0.25). The variant differs from the reference in accuracy only, so truncation, length and
+# degenerate are checks that "did not move".
+
+ZERO_MARGINS = "accuracy:-0pp,truncation:+0pp,length:1.0x,degenerate:+0pp"
+DEFAULT_MARGINS = "accuracy:-2pp,truncation:+5pp,length:1.25x,degenerate:+2pp"
+FAMILY = ("accuracy", "truncation", "length", "degenerate")
+DROPS = (0.0, 0.02, 0.05, 0.10, 0.20)
+
+
+def family_run(rng: np.random.Generator, n: int, drop: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-item (reference, variant) outcomes of the four checks on a fresh item set."""
+    reference, variant = sampled_run(rng, n, drop)
+    truncation = rng.beta(0.05, 0.95, n)
+    degenerate = rng.beta(0.01, 0.99, n)
+    length = rng.lognormal(4.0, 0.6, n)
+    return {
+        "accuracy": (reference.astype(float), variant.astype(float)),
+        "truncation": ((rng.random(n) < truncation).astype(float), (rng.random(n) < truncation).astype(float)),
+        "length": (np.round(length * rng.lognormal(0, 0.25, n)), np.round(length * rng.lognormal(0, 0.25, n))),
+        "degenerate": ((rng.random(n) < degenerate).astype(float), (rng.random(n) < degenerate).astype(float)),
+    }
+
+
+def fixed_p_values(data, tolerances, item_ids) -> list[float]:
+    """The gate's fixed-n evidence-of-harm p-value of each check on all items."""
+    out = []
+    for check in FAMILY:
+        ref, var = data[check]
+        if CHECKS[check].kind == "rate":
+            out.append(check_rate(check, ref, var, item_ids, tolerances[check]).p_value)
+        else:
+            out.append(check_ratio(check, ref, var, item_ids, tolerances[check], n_resamples=1000).p_value)
+    return out
+
+
+def sequential_checks(data, tolerances) -> list[SequentialCheck]:
+    """The family as the sequential gate sees it (margins in difference units; rates absolute here)."""
+    return [
+        SequentialCheck(c, CHECKS[c].worse, share_of_ratio(tolerances[c].value) if CHECKS[c].kind == "ratio"
+                        else tolerances[c].limit(float(np.mean(data[c][0]))))
+        for c in FAMILY
+    ]
+
+
+def simulate_one(task: tuple[int, int, float, str]) -> dict[str, object]:
+    """One run: verdicts of the fixed-n rules (weighted Holm, plain Holm) and of the sequential gate."""
+    seed, n, drop, margins = task
+    rng = np.random.default_rng(seed)
+    data = family_run(rng, n, drop)
+    tolerances = parse_fail_on(margins)
+    item_ids = np.array([f"q{i}" for i in range(n)])
+    p_values = fixed_p_values(data, tolerances, item_ids)
+    weights = check_weights(FAMILY)
+    weighted = weighted_holm(lambda j, level: p_values[j] <= level, weights, ALPHA)
+    holm = [p <= ALPHA for p in holm_adjust(p_values)]
+
+    gate = SequentialGate(sequential_checks(data, tolerances), ALPHA)
+    differences = [paired_differences(CHECKS[c].kind, *data[c]) for c in FAMILY]
+    start = 0
+    for end in look_ends(n):
+        gate.observe([d[start:end] for d in differences])
+        start = end
+        if gate.decided:
+            break
+    verdicts = [state.verdict for state in gate.states]
+    if not gate.decided:
+        levels = gate.finish(lambda j, level: p_values[j] <= level)
+        for j, level in enumerate(levels):
+            if level is not None:
+                verdicts[j] = "FAIL" if p_values[j] <= level else "INCONCLUSIVE"
+    return {
+        "n": n, "drop": drop, "margins": margins,
+        "fixed_weighted_fail": any(weighted.rejected), "fixed_holm_fail": any(holm),
+        "fixed_accuracy_fail": weighted.rejected[0],
+        "sequential_fail": "FAIL" in verdicts, "sequential_accuracy": verdicts[0],
+        "items_used": gate.items, "items_to_verdict": _items_to_verdict(gate, n),
+    }
+
+
+def _items_to_verdict(gate: SequentialGate, n: int) -> int:
+    """Items after which the variant's verdict was settled: its first FAIL, or every check decided."""
+    fails = [s.decided_items for s in gate.states if s.verdict == "FAIL"]
+    return min(fails) if fails else gate.items if gate.decided else n
+
+
+def _rate(values: list[bool]) -> str:
+    low, high = wilson_interval(sum(values), len(values))
+    return f"{sum(values) / len(values):.3f} ±{(high - low) / 2:.3f}"
+
+
+def sequential_main(args: argparse.Namespace) -> None:
+    """False alarms with looks (identical models) and power / items used for true drops."""
+    started = time.perf_counter()
+    seeds = iter(np.random.SeedSequence(args.seed).generate_state(100_000))
+    tasks = [(int(next(seeds)), n, 0.0, margins) for margins in (ZERO_MARGINS, DEFAULT_MARGINS)
+             for n in SIZES for _ in range(args.false_alarm_runs)]
+    drop_sizes = [int(n) for n in args.drop_sizes.split(",")]
+    tasks += [(int(next(seeds)), n, drop, DEFAULT_MARGINS) for n in drop_sizes for drop in DROPS for _ in range(args.runs)]
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(simulate_one, tasks, chunksize=4))
+    identical, dropped = results[: 2 * len(SIZES) * args.false_alarm_runs], results[2 * len(SIZES) * args.false_alarm_runs:]
+
+    print(f"Identical models, four checks, one-sided alpha {ALPHA}, a look every 5% of the items; "
+          f"share of runs that FAILED the variant (95% Wilson half-width):\n")
+    print(f"{'margins':<58}{'n':>6}{'runs':>6}{'sequential':>16}{'fixed, weighted':>18}{'fixed, Holm':>16}"
+          f"{'items used':>12}")
+    for margins in (ZERO_MARGINS, DEFAULT_MARGINS):
+        for n in SIZES:
+            rows = [r for r in identical if r["margins"] == margins and r["n"] == n]
+            used = np.mean([r["items_used"] / n for r in rows])
+            print(f"{margins:<58}{n:>6}{len(rows):>6}{_rate([r['sequential_fail'] for r in rows]):>16}"
+                  f"{_rate([r['fixed_weighted_fail'] for r in rows]):>18}{_rate([r['fixed_holm_fail'] for r in rows]):>16}"
+                  f"{used:>12.2f}")
+    print(f"\nTrue accuracy drops from {BASE_ACCURACY:.0%} (sampled decoding), default margins {DEFAULT_MARGINS}; "
+          f"{args.runs} runs each. Share of runs that FAILED the variant, and the sequential gate's "
+          f"average share of items generated:\n")
+    print(f"{'n':>6}{'drop pp':>8}{'sequential':>16}{'fixed, weighted':>18}{'fixed, Holm':>16}{'items used':>12}"
+          f"{'to verdict':>12}{'seq. acc. inconclusive':>24}")
+    for n in drop_sizes:
+        for drop in DROPS:
+            rows = [r for r in dropped if r["n"] == n and r["drop"] == drop]
+            used = np.mean([r["items_used"] / n for r in rows])
+            inconclusive = np.mean([r["sequential_accuracy"] == "INCONCLUSIVE" for r in rows])
+            to_verdict = np.mean([r["items_to_verdict"] / n for r in rows])
+            print(f"{n:>6}{drop * 100:>8g}{_rate([r['sequential_fail'] for r in rows]):>16}"
+                  f"{_rate([r['fixed_weighted_fail'] for r in rows]):>18}{_rate([r['fixed_holm_fail'] for r in rows]):>16}"
+                  f"{used:>12.2f}{to_verdict:>12.2f}{inconclusive:>24.2f}")
+    print(f"\n({time.perf_counter() - started:.0f} s, {args.workers} workers)")
+    print(json.dumps({"runs": args.runs, "false_alarm_runs": args.false_alarm_runs, "results": len(results)}))
 
 
 if __name__ == "__main__":

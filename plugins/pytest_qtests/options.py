@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from argparse import Namespace
+from argparse import BooleanOptionalAction, Namespace
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -165,6 +165,9 @@ class GateOptions:
     extend_truncated: float | None = _option(
         "--extend-truncated", "after the run, continue every output cut at the cap up to F x the cap "
         "(reference and variants)", metavar="F", suite=True)
+    stop_early: bool | None = _option(
+        "--stop-early", "decide each check as soon as an anytime-valid confidence sequence allows and stop "
+        "generating a variant once all its checks are decided (default off: --no-stop-early)", suite=True)
     report_dir: str | None = _option(
         "--qt-report", "write results.json, summary.md, flips.jsonl and report.html here", metavar="DIR")
     no_gate: bool = _switch("--no-gate", "with your own test paths: run only them, not the standard gate suite "
@@ -211,6 +214,8 @@ class GateOption:
     def parser_arguments(self) -> dict[str, Any]:
         """Keyword arguments of ``add_argument`` / pytest's ``addoption`` (the same for both)."""
         if self.type is bool:
+            if self.default is None:  # on, off, or not given (the suite file or the default decides)
+                return {"dest": self.dest, "action": BooleanOptionalAction, "default": None, "help": self.help}
             return {"dest": self.dest, "action": "store_true", "help": self.help}
         arguments: dict[str, Any] = {"dest": self.dest, "help": self.help}
         if self.is_list:
@@ -353,6 +358,10 @@ def build_config(options: GateOptions) -> RunConfig:
         where = "--backend" if options.backend else f"suite file {suite_path}: backend"
         raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(backend_names())}, or "
                           "add it with a pytest_qtests_register_backends hook")
+    stop_early = bool(given("stop_early", False))
+    if stop_early and not reference_text:
+        raise QtestsError("--stop-early needs a live --reference to pair each look with (a stored baseline is not "
+                          "supported with it yet): add --reference or drop --stop-early")
     extend_truncated = given("extend_truncated")
     if extend_truncated is not None:
         extended_cap(max_tokens, extend_truncated)  # validates the factor
@@ -388,6 +397,7 @@ def build_config(options: GateOptions) -> RunConfig:
         batch_size=batch_size,
         expectations=expectations,
         extend_truncated=extend_truncated,
+        stop_early=stop_early,
     )
 
 

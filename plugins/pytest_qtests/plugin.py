@@ -119,6 +119,9 @@ def pytest_configure(config: pytest.Config) -> None:
     per_worker = config.getoption("qt_gpus_per_worker")
     try:
         if distributed.is_controller(config):
+            if build_config(GateOptions.from_namespace(config.option)).stop_early:
+                raise QtestsError("--stop-early cannot be combined with pytest-xdist -n yet: the workers' runs reach "
+                                  "the controller without their looks; drop one of them")
             if config.getoption("qt_no_cache"):
                 raise QtestsError("--no-cache cannot be combined with pytest-xdist -n: the controller builds the "
                                   "verdict table from the cache the workers share; for a cold run pass a fresh "

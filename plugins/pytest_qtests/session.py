@@ -6,6 +6,7 @@ Knows nothing of pytest: the plugin turns :class:`Verdict` objects into passes, 
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,9 @@ from pytest_qtests.store.fingerprint import check_compatible
 from pytest_qtests.gate.forensics import Forensics, build_forensics
 from pytest_qtests.gate.checks import CheckResult, run_checks
 from pytest_qtests.gate.tolerances import CHECK_SPECS
-from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.decisions import sequential_results
+from pytest_qtests.gate.multiplicity import apply_gatekeeping
+from pytest_qtests.gate.verdict import InconclusiveWarning
 from pytest_qtests.gate.stats import mean_or_none
 from pytest_qtests.evaluate.diagnosis import Diagnosis
 from pytest_qtests.evaluate.parity import ParityReport
@@ -100,17 +103,27 @@ class GateSession:
             found = "this is the reference itself"
         else:
             found = "no --reference and no stored baseline (--baseline NAME_OR_PATH): nothing to compare with"
+        if isinstance(found, ReferenceOutcomes) and self.run(variant, task).sequential is not None:
+            # --stop-early: the variant stopped after some looks; pair with the reference on those items only.
+            evaluated = {o.item_id for o in self.run(variant, task).outcomes}
+            found = ReferenceOutcomes([o for o in found.outcomes if o.item_id in evaluated], found.source,
+                                      found.length_unit)
         self._references[key] = found
         return found
 
     def checks(self, variant: VariantSpec) -> dict[str, dict[str, CheckResult]]:
-        """Every paired check of ``variant`` on every task with a reference, Holm-adjusted as one family.
+        """Every paired check of ``variant`` on every task with a reference, as one family at ``alpha``.
 
-        Metrics with a stored expectation are left out here: :meth:`absolute_checks` decides them.
+        A fixed run shares ``alpha`` by accuracy-first weighted Holm (:mod:`gate.multiplicity`); a
+        ``--stop-early`` run was decided look by look, each task's gate at ``alpha / tasks``
+        (:mod:`gate.decisions`). Metrics with a stored expectation are left out here:
+        :meth:`absolute_checks` decides them.
         """
         if variant.label in self._checks:
             return self._checks[variant.label]
         flat: list[tuple[str, CheckResult]] = []
+        recomputes = []
+        by_task: dict[str, dict[str, CheckResult]] = {}
         for task in self.config.tasks:
             reference = self.reference_for(variant, task)
             run = self.run(variant, task)
@@ -119,12 +132,21 @@ class GateSession:
             expected = self._expected(variant, task)
             skipped = set(expected) | set(self._incomparable_lengths(reference, run))
             paired = {check: tol for check, tol in self.config.tolerances.items() if check not in skipped}
+
+            def recompute(check: str, level: float, ref=reference.outcomes, outcomes=run.outcomes, tols=paired):
+                return run_checks(ref, outcomes, {check: tols[check]}, level, self.config.gate_mode,
+                                  seed=self.config.sampling.seed)[0]
+
+            if run.sequential is not None:
+                by_task[task] = sequential_results(run.sequential.gate, recompute)
+                continue
             results = run_checks(reference.outcomes, run.outcomes, paired, self.config.alpha,
                                  self.config.gate_mode, seed=self.config.sampling.seed)
             flat += [(task, result) for result in results]
-        adjusted = apply_holm([result for _, result in flat])
-        by_task: dict[str, dict[str, CheckResult]] = {}
-        for (task, _), result in zip(flat, adjusted):
+            recomputes += [(recompute, result.check) for result in results]
+        family = apply_gatekeeping([result for _, result in flat],
+                                   lambda i, level: recomputes[i][0](recomputes[i][1], level))
+        for (task, _), result in zip(flat, family):
             by_task.setdefault(task, {})[result.check] = result
         self._checks[variant.label] = by_task
         return by_task
@@ -183,6 +205,8 @@ class GateSession:
             message += f"; {self.forensics(variant, task).verdict_clause()}"
         if check == "degenerate" and not result.passed:
             message += f"; {self.diagnosis(variant, task).message}"
+        if result.verdict == "INCONCLUSIVE" and result.passed:
+            warnings.warn(InconclusiveWarning(message), stacklevel=2)
         return Verdict(result.passed, message + where, result.junit_properties())
 
     def forensics(self, variant: VariantSpec, task: str) -> Forensics | None:

@@ -49,3 +49,4 @@ class RunConfig:
     batch_size: int = 64
     expectations: Expectations = field(default_factory=Expectations)
     extend_truncated: float | None = None  # continue truncated samples to this factor x the cap
+    stop_early: bool = False  # sequential mode (gate/sequential.py): off by default, see README "Stopping early"

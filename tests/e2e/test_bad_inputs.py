@@ -205,6 +205,10 @@ COMMAND_LINES = {
                                "var=var.jsonl", "--baseline", "bf16"],
                               "no baseline named bf16 in baselines (it holds no baselines); "
                               "create it with --save-baseline or pass --baseline PATH"),
+    "stop-early-without-reference": (["--backend", "replay", "--tasks", "zoo", "--model", "var=org/var", "--replay",
+                                      "var=var.jsonl", "--baseline", "var", "--stop-early"],
+                                     "--stop-early needs a live --reference to pair each look with (a stored baseline "
+                                     "is not supported with it yet): add --reference or drop --stop-early"),
 }
 
 

@@ -18,7 +18,8 @@ from pytest_qtests.gate.checks import (
     run_checks,
     verdict_message,
 )
-from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.multiplicity import apply_gatekeeping
+from pytest_qtests.gate.verdict import rate_mde
 from pytest_qtests.gate.tolerances import (
     CHECK_SPECS,
     parse_fail_on,
@@ -150,16 +151,20 @@ def test_clear_drop_fails_with_a_message_stating_estimate_interval_margin_and_p(
     assert result.p_value < 0.05
     assert result.details["mcnemar_exact_p"] == scipy_stats.binomtest(31, 40, 0.5, alternative="greater").pvalue
     assert result.message.startswith("accuracy 0.745 vs 0.855 reference (Δ -11.0 pp, 90% CI [")
-    assert "is worse than the -2 pp margin: p=0.00" in result.message
+    assert result.verdict == "FAIL" and "FAIL, shown worse than the -2 pp margin (p=0.00" in result.message
     assert "31 items lost, 9 gained; McNemar exact p=0.00034" in result.message
 
 
-def test_small_drop_within_noise_passes_and_says_there_is_no_evidence():
+def test_small_drop_within_noise_is_inconclusive_passes_with_a_warning_and_names_its_mde():
     reference, variant, ids = paired_binary(both=150, lost=6, gained=4, neither=40)
     result = check_accuracy(reference, variant, ids, ACCURACY_2PP)
-    assert result.passed
-    assert result.ci_high > -0.02
-    assert "no evidence it is worse than the -2 pp margin" in result.message
+    assert result.passed and result.verdict == "INCONCLUSIVE"
+    assert result.ci_low < -0.02 < result.ci_high
+    # The smallest drop 200 items with 5% discordance could see at power 0.8: the plan's arithmetic inverted.
+    assert result.mde == pytest.approx(rate_mde(200, 0.02, float(np.var(np.asarray(variant) - np.asarray(reference))), 0.05))
+    assert 0.02 < result.mde < 0.1
+    assert f"could detect a {result.mde * 100:.1f} pp change with power 0.8" in result.message
+    assert "passes with a warning (evidence-of-harm)" in result.message
 
 
 def test_too_few_items_never_fail_even_when_every_disagreement_is_a_loss():
@@ -186,12 +191,12 @@ def test_verdict_is_decided_by_the_one_sided_test_at_alpha():
 def test_non_inferiority_mode_needs_positive_evidence():
     small_ref, _, small_ids = paired_binary(both=40, lost=0, gained=0, neither=10)
     strict = check_accuracy(small_ref, small_ref, small_ids, ACCURACY_2PP, mode="non-inferiority")
-    assert not strict.passed  # 50 identical items cannot show the drop is under 2 pp
-    assert "is not shown within the -2 pp margin" in strict.message and "qtests plan" in strict.message
+    assert not strict.passed and strict.verdict == "INCONCLUSIVE"  # 50 identical items cannot show the drop is under 2 pp
+    assert "fails (non-inferiority needs it shown within the margin)" in strict.message and "qtests plan" in strict.message
     large_ref, large_var, large_ids = paired_binary(both=800, lost=5, gained=5, neither=190)
     shown = check_accuracy(large_ref, large_var, large_ids, ACCURACY_2PP, mode="non-inferiority")
-    assert shown.passed and shown.ci_low > -0.02
-    assert "is shown within the -2 pp margin" in shown.message
+    assert shown.passed and shown.ci_low > -0.02 and shown.verdict == "PASS"
+    assert "PASS, shown within the -2 pp margin" in shown.message
 
 
 def test_relative_margin_is_judged_against_the_reference_accuracy():
@@ -258,9 +263,9 @@ def test_length_inflation_beyond_the_ratio_fails_and_within_passes():
     inflated = check_length(reference, reference * rng.lognormal(np.log(1.45), 0.2, 300), ids, limit)
     assert not inflated.passed and inflated.ci_low > 1.25
     assert inflated.message.startswith("median output tokens ")
-    assert "is worse than the x1.25 limit: p<0.0005 (paired bootstrap over items, 2000 resamples)" in inflated.message
+    assert "FAIL, shown worse than the x1.25 limit (p<0.0005; paired bootstrap over items, 2000 resamples)" in inflated.message
     mild = check_length(reference, reference * rng.lognormal(np.log(1.05), 0.2, 300), ids, limit)
-    assert mild.passed
+    assert mild.passed and mild.verdict == "PASS" and mild.ci_high < 1.25
 
 
 def test_p95_check_sees_a_longer_tail_the_median_misses():
@@ -285,24 +290,44 @@ def test_zero_reference_length_is_a_user_error():
 # Holm, absolute mode, JUnit
 
 
-def test_holm_turns_two_borderline_failures_into_passes():
+def test_family_shares_alpha_accuracy_first_and_prints_the_interval_of_the_level_used():
     reference, variant, ids = paired_binary(both=150, lost=12, gained=4, neither=34)
     first = check_accuracy(reference, variant, ids, ACCURACY_0PP)
     second = check_truncation(variant, reference, ids, parse_tolerance("truncation", "0pp"))
     assert not first.passed and not second.passed and 0.025 < first.p_value < 0.05
-    adjusted = apply_holm([first, second])
-    assert all(r.passed for r in adjusted)
-    assert all(r.adjusted_p_value == pytest.approx(2 * first.p_value) for r in adjusted)
-    assert "Holm-adjusted over 2 checks p=" in adjusted[0].message
-    assert "no evidence it is worse" in adjusted[0].message
+    recompute = [lambda level: check_accuracy(reference, variant, ids, ACCURACY_0PP, alpha=level),
+                 lambda level: check_truncation(variant, reference, ids, parse_tolerance("truncation", "0pp"), alpha=level)]
+    adjusted = apply_gatekeeping([first, second], lambda i, level: recompute[i](level))
+    levels = [0.04, 0.01] if first.p_value >= 0.04 else [0.04, 0.05]  # a FAIL hands its share on
+    assert [r.alpha for r in adjusted] == pytest.approx(levels)
+    for before, after in zip((first, second), adjusted):
+        assert after.passed == (before.p_value >= after.alpha)  # the verdict is the test at its level...
+        beyond = after.ci_high < 0 if after.check == "accuracy" else after.ci_low > 0
+        assert beyond == (after.verdict == "FAIL")  # ...and so is the printed interval
+        assert after.adjusted_p_value == pytest.approx(min(1.0, before.p_value * 0.05 / after.alpha))
+    assert "accuracy-first weighted Holm over 2 checks: tested at 0.04" in adjusted[0].message
 
 
-def test_holm_leaves_a_strong_failure_failing_and_skips_non_inferiority_and_absolute_checks():
+def test_family_fails_the_int2_default_case_that_holm_over_four_checks_passed():
+    """Issue 18: 160 items, 9 lost, 0 gained against a -2 pp margin, three other checks unchanged."""
+    reference, variant, ids = paired_binary(both=151, lost=9, gained=0, neither=0)
+    unchanged = np.zeros(160)
+    checks = [lambda level: check_accuracy(reference, variant, ids, ACCURACY_2PP, alpha=level)] + [
+        lambda level, name=name, tol=tol: check_rate(name, unchanged, unchanged, ids, parse_tolerance(name, tol), alpha=level)
+        for name, tol in (("truncation", "+5pp"), ("degenerate", "+2pp"), ("truncation", "+5pp"))]
+    family = [check(0.05) for check in checks]
+    out = apply_gatekeeping(family, lambda i, level: checks[i](level))
+    assert not out[0].passed and out[0].verdict == "FAIL" and out[0].ci_high < -0.02
+    assert all(r.passed for r in out[1:])
+
+
+def test_gatekeeping_leaves_non_inferiority_and_absolute_checks_alone():
     reference, variant, ids = paired_binary(both=140, lost=31, gained=9, neither=20)
     strong = check_accuracy(reference, variant, ids, ACCURACY_2PP)
     noninferior = check_accuracy(reference, reference, ids, ACCURACY_2PP, mode="non-inferiority")
     absolute = check_absolute("accuracy", 0.7, 0.8, 0.08)
-    out = apply_holm([strong, noninferior, absolute])
+    out = apply_gatekeeping([strong, noninferior, absolute],
+                            lambda i, level: check_accuracy(reference, variant, ids, ACCURACY_2PP, alpha=level))
     assert not out[0].passed and out[0].adjusted_p_value == pytest.approx(strong.p_value)
     assert out[1] == noninferior and out[2] == absolute
 
@@ -322,8 +347,10 @@ def test_absolute_expectation_mode_like_vllm_ci():
 
 def test_junit_properties_carry_metric_delta_interval_and_p():
     reference, variant, ids = paired_binary(both=140, lost=31, gained=9, neither=20)
-    props = apply_holm([check_accuracy(reference, variant, ids, ACCURACY_2PP)])[0].junit_properties()
-    for key in ("estimate", "ci_low", "ci_high", "margin", "p_value", "adjusted_p_value", "passed", "n_items"):
+    result = check_accuracy(reference, variant, ids, ACCURACY_2PP)
+    props = apply_gatekeeping([result], lambda i, level: result)[0].junit_properties()
+    for key in ("estimate", "ci_low", "ci_high", "margin", "p_value", "adjusted_p_value", "passed", "verdict", "mde",
+                "n_items"):
         assert f"accuracy.{key}" in props
     assert props["accuracy.estimate"] == pytest.approx(-0.11)
     assert all(value is not None for value in props.values())
@@ -345,7 +372,10 @@ def test_run_checks_on_identical_outcomes_passes_everything():
         for s in range(2)
     ]
     tolerances = parse_fail_on("accuracy:-0pp,truncation:+0pp,length:1.0x,length_p95:1.0x,thinking_length:1.0x")
-    results = apply_holm(run_checks(outcomes, list(reversed(outcomes)), tolerances))
+    names = list(tolerances)
+    results = apply_gatekeeping(
+        run_checks(outcomes, list(reversed(outcomes)), tolerances),
+        lambda i, level: run_checks(outcomes, list(reversed(outcomes)), {names[i]: tolerances[names[i]]}, level)[0])
     assert [r.check for r in results] == list(tolerances)
     assert all(r.passed for r in results), [r.message for r in results if not r.passed]
 
@@ -472,21 +502,20 @@ def check_families(draw):
 
 @PROPERTIES
 @given(check_families())
-def test_holm_only_raises_p_values_of_evidence_of_harm_checks_and_leaves_the_rest(family):
-    adjusted = apply_holm(family)
+def test_gatekeeping_only_raises_p_values_of_evidence_of_harm_checks_and_leaves_the_rest(family):
+    adjusted = apply_gatekeeping(family, lambda i, level: family[i])
     harm = [r for r in family if r.mode == "evidence-of-harm"]
     assert len(adjusted) == len(family)
     for before, after in zip(family, adjusted):
         if before.mode != "evidence-of-harm":
             assert after == before
             continue
-        assert after.adjusted_p_value >= before.p_value
-        assert after.passed >= before.passed  # adjustment can clear a failure, never cause one
-        assert after.details["holm_family_size"] == len(harm)
+        assert after.adjusted_p_value >= before.p_value * (1 - 1e-12)
+        assert after.details["family_size"] == len(harm)
         assert after.message == verdict_message(after)
-        assert f"Holm-adjusted over {len(harm)} checks" in after.message
+        assert f"weighted Holm over {len(harm)} checks" in after.message
         if len(harm) == 1:
-            assert after.adjusted_p_value == before.p_value and after.passed == before.passed
+            assert after.adjusted_p_value == pytest.approx(before.p_value) and after.passed == before.passed
 
 
 @st.composite

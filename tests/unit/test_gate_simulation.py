@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pytest_qtests.gate.checks import check_accuracy, check_length, check_truncation
-from pytest_qtests.gate.multiplicity import apply_holm
+from pytest_qtests.gate.multiplicity import apply_gatekeeping
 from pytest_qtests.gate.tolerances import parse_fail_on
 from pytest_qtests.gate.stats import (
     degrade,
@@ -45,7 +45,7 @@ class SimulatedModel:
 
 
 def false_alarm_rates(tolerance_text: str, n_items: int, repeats: int, seed: int) -> tuple[float, float]:
-    """(accuracy-alone, whole-family-after-Holm) false-alarm rates over RERUNS identical-model re-runs."""
+    """(accuracy-alone, whole-family (accuracy-first weighted Holm)) false-alarm rates over RERUNS identical-model re-runs."""
     rng = np.random.default_rng(seed)
     model = SimulatedModel(rng, n_items)
     tolerances = parse_fail_on(tolerance_text)
@@ -53,14 +53,14 @@ def false_alarm_rates(tolerance_text: str, n_items: int, repeats: int, seed: int
     for _ in range(RERUNS):
         ref_correct, ref_trunc, ref_tokens, ids = model.sample(rng, repeats=repeats)
         var_correct, var_trunc, var_tokens, _ = model.sample(rng, repeats=repeats)
-        options = {"alpha": ALPHA, "n_resamples": 1000}
-        family = [
-            check_accuracy(ref_correct, var_correct, ids, tolerances["accuracy"], **options),
-            check_truncation(ref_trunc, var_trunc, ids, tolerances["truncation"], **options),
-            check_length(ref_tokens, var_tokens, ids, tolerances["length"], **options),
+        checks = [
+            lambda a: check_accuracy(ref_correct, var_correct, ids, tolerances["accuracy"], a, n_resamples=1000),
+            lambda a: check_truncation(ref_trunc, var_trunc, ids, tolerances["truncation"], a, n_resamples=1000),
+            lambda a: check_length(ref_tokens, var_tokens, ids, tolerances["length"], a, n_resamples=1000),
         ]
+        family = [check(ALPHA) for check in checks]
         accuracy_alarms += not family[0].passed
-        family_alarms += not all(r.passed for r in apply_holm(family))
+        family_alarms += not all(r.passed for r in apply_gatekeeping(family, lambda i, level: checks[i](level)))
     return accuracy_alarms / RERUNS, family_alarms / RERUNS
 
 
@@ -74,7 +74,7 @@ def false_alarm_rates(tolerance_text: str, n_items: int, repeats: int, seed: int
 def test_identical_model_false_alarm_rate_is_at_most_alpha(tolerance_text):
     accuracy_rate, family_rate = false_alarm_rates(tolerance_text, n_items=300, repeats=1, seed=20261126)
     print(f"\n{tolerance_text}: false alarms over {RERUNS} re-runs: "
-          f"accuracy {accuracy_rate:.3f}, any of 3 checks (Holm) {family_rate:.3f}")
+          f"accuracy {accuracy_rate:.3f}, any of 3 checks (weighted Holm) {family_rate:.3f}")
     assert accuracy_rate <= ALPHA
     assert family_rate <= ALPHA
 
@@ -87,7 +87,7 @@ def test_identical_model_with_sampled_repeats_stays_at_alpha():
         "accuracy:-0pp,truncation:+0pp,length:1.0x", n_items=300, repeats=3, seed=20261126
     )
     print(f"\nrepeats=3: false alarms over {RERUNS} re-runs: accuracy {accuracy_rate:.3f}, "
-          f"any of 3 checks (Holm) {family_rate:.3f}")
+          f"any of 3 checks (weighted Holm) {family_rate:.3f}")
     tolerance = ALPHA + 1.96 * (ALPHA * (1 - ALPHA) / RERUNS) ** 0.5
     assert accuracy_rate <= tolerance
     assert family_rate <= tolerance

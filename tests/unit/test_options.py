@@ -81,7 +81,7 @@ def test_gate_options_from_python_build_the_same_run_as_the_command_line(pyteste
 def help_flags(help_text: str, group: str) -> list[str]:
     """The long flags of one option group of a ``--help`` text, in order."""
     lines = help_text.split(group)[1].split("\n\n")[0].splitlines()
-    return [line.split()[0].split("=")[0] for line in lines if line.startswith("  --")]
+    return [line.split()[0].split("=")[0].rstrip(",") for line in lines if line.startswith("  --")]
 
 
 def test_pytest_registers_every_gate_option_once_and_sweep_the_same_ones(pytester, capsys):

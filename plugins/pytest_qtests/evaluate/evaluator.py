@@ -29,6 +29,7 @@ from pytest_qtests.evaluate.continuation import Extension, extend_run
 from pytest_qtests.evaluate.degeneracy import DetectorThresholds
 from pytest_qtests.evaluate.grading import calibrated_thresholds, grade_records
 from pytest_qtests.evaluate.identity import run_fingerprint, variant_identity
+from pytest_qtests.evaluate.looks import SequentialRun, generate_in_looks
 from pytest_qtests.evaluate.rendering import Message, PromptRenderer
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, VariantSpec
@@ -36,7 +37,7 @@ from pytest_qtests.store.cache import GenerationCache, cached_generate, request_
 from pytest_qtests.store.fingerprint import Fingerprint
 from pytest_qtests.store.locks import generation_lock
 from pytest_qtests.tasks.loaders import TaskData, load_task
-from pytest_qtests.tasks.registry import resolve_task_spec
+from pytest_qtests.tasks.registry import resolve_task_spec, task_spec_name
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TaskRun:
     wall_s: float = 0.0
     extension: Extension | None = None  # the truncated samples continued (--extend-truncated)
     record_keys: list[str] = field(default_factory=list)  # cache key of each record (empty without a cache)
+    sequential: SequentialRun | None = None  # --stop-early: how far the run went and what its looks decided
 
     @property
     def complete(self) -> bool:
@@ -190,18 +192,39 @@ class Evaluator:
                 return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
                                time.perf_counter() - started,
                                record_keys=self.record_keys(variant, canary_requests))
-        records = self.generate(variant, requests, "generate")
+        sequential = None
+        if self.config.stop_early and reference is not None and not is_reference:
+            requests, records, outcomes, sequential = self._in_looks(variant, task_spec, requests, thresholds)
+        else:
+            records = self.generate(variant, requests, "generate")
         if is_reference:
             # The reference's own outputs are judged with thresholds calibrated on them, like everyone's.
             thresholds = self._thresholds[task_spec] = calibrated_thresholds(records)
-        outcomes = grade_records(data, records, requests, thresholds)
+        if sequential is None:
+            outcomes = grade_records(data, records, requests, thresholds)
         extension = None
         if self.config.extend_truncated:  # while this variant's engine is still loaded
             extension = extend_run(lambda rests: self.generate(variant, rests, "extend"),
                                    lambda merged, asked: grade_records(data, merged, asked, thresholds),
                                    requests, records, outcomes, self.config.extend_truncated)
         return TaskRun(variant, task_spec, records, outcomes, fingerprint, canary, time.perf_counter() - started,
-                       extension=extension, record_keys=self.record_keys(variant, requests))
+                       extension=extension, record_keys=self.record_keys(variant, requests), sequential=sequential)
+
+    def _in_looks(self, variant: VariantSpec, task_spec: str, requests: list[GenerationRequest],
+                  thresholds: DetectorThresholds | None):
+        """``--stop-early``: the variant look by look against the live reference (:mod:`evaluate.looks`).
+
+        Each task's gate gets ``alpha / tasks`` (Bonferroni over the tasks of the variant's family)."""
+        assert self.config.reference is not None
+        data = self.task_data(task_spec)
+        reference_outcomes = self.run(self.config.reference, task_spec).outcomes
+        expected = self.config.expectations.for_run(variant.label, task_spec_name(task_spec))
+        tolerances = {check: tol for check, tol in self.config.tolerances.items() if check not in expected}
+        return generate_in_looks(
+            requests, reference_outcomes, tolerances, self.config.alpha / len(self.config.tasks),
+            self.config.gate_mode, self.config.sampling.seed,
+            lambda look: self.generate(variant, look, "look"),
+            lambda records, asked: grade_records(data, records, asked, thresholds))
 
     def reference_canary_scores(self, task_spec: str) -> ReferenceScores:
         """The reference's canary texts and its scores of them, once per task (:func:`score_reference_canary`).

@@ -14,7 +14,7 @@ the bad side of the margin. Consequences, chosen on purpose:
 within the margin (the interval lies entirely on the good side). Small runs then fail. Within one
 variant, every non-inferiority claim must hold at once (intersection-union), so no multiplicity
 correction is needed there; evidence-of-harm checks are Holm-adjusted by
-:func:`pytest_qtests.gate.multiplicity.apply_holm`.
+:func:`pytest_qtests.gate.multiplicity.apply_gatekeeping`.
 
 Which test decides (see :mod:`pytest_qtests.gate.stats`): one 0/1 sample per item (or repeats that always
 agree) - Tango's score test and the exact conditional binomial test must both reject (at a 0 margin
@@ -49,7 +49,9 @@ from pytest_qtests.gate.stats import (
     per_item_means,
     quantile_ratio,
 )
+from pytest_qtests.gate.sequential import paired_differences, ratio_of_share, share_of_ratio
 from pytest_qtests.gate.tolerances import CHECK_SPECS, CheckSpec, Tolerance, is_ratio, parse_gate_mode
+from pytest_qtests.gate.verdict import format_mde, passes, rate_mde, share_mde, verdict_of_interval
 from pytest_qtests.records import ItemOutcome, QtestsError
 
 
@@ -61,7 +63,7 @@ class CheckResult:
     ``margin`` is the bound it is judged against in the same units; the interval is two-sided at level
     ``confidence = 1 - 2*alpha`` (each end a one-sided ``1 - alpha`` bound). ``p_value`` belongs to the
     one-sided test that decides; ``adjusted_p_value`` is set by
-    :func:`~pytest_qtests.gate.multiplicity.apply_holm`.
+    :func:`~pytest_qtests.gate.multiplicity.apply_gatekeeping`.
     """
 
     check: str
@@ -84,6 +86,9 @@ class CheckResult:
     limit_text: str = ""  # the margin as written for readers
     evidence: str = ""  # the test and its counts, e.g. "31 items lost, 9 gained"
     details: Mapping[str, Any] = field(default_factory=dict)
+    verdict: str = ""  # PASS, FAIL or INCONCLUSIVE (gate/verdict.py); "" for absolute checks
+    decided_look: int | None = None  # --stop-early: the look whose confidence sequence decided it
+    mde: float | None = None  # smallest change this run could detect at its level, power 0.8 (rate or ratio)
 
     def junit_properties(self) -> dict[str, Any]:
         """Flat ``name -> value`` pairs for pytest's ``record_property`` (JUnit XML)."""
@@ -99,6 +104,9 @@ class CheckResult:
             f"{self.check}.p_value": self.p_value,
             f"{self.check}.adjusted_p_value": self.adjusted_p_value,
             f"{self.check}.passed": self.passed,
+            f"{self.check}.verdict": self.verdict or None,
+            f"{self.check}.decided_look": self.decided_look,
+            f"{self.check}.mde": self.mde,
             f"{self.check}.n_items": self.n_items,
         }
         # Paired 0/1 checks: the discordant counts and the exact McNemar p-value they give, so a reader
@@ -133,21 +141,23 @@ def verdict_message(result: CheckResult) -> str:
     rewrite its message from the same facts.
     """
     resolution = result.details.get("p_resolution")
-    p_text = _format_p(result.p_value, resolution) if result.p_value is not None else ""
+    p_text = _format_p(result.p_value, resolution) if result.p_value is not None else result.method
     if result.adjusted_p_value is not None:
-        family = result.details.get("holm_family_size", "?")
-        p_text += f", Holm-adjusted over {family} checks {_format_p(result.adjusted_p_value, resolution)}"
+        family = result.details.get("family_size", "?")
+        p_text += (f", accuracy-first weighted Holm over {family} checks: tested at {result.alpha:.2g}, "
+                   f"family-adjusted {_format_p(result.adjusted_p_value, resolution)}")
     limit = f"{result.limit_text} {'limit' if is_ratio(result.check) else 'margin'}"
-    if result.mode == "evidence-of-harm":
-        if result.passed:
-            return f"{result.summary}: no evidence it is worse than the {limit} ({p_text}; {result.evidence})"
-        return f"{result.summary} is worse than the {limit}: {p_text} ({result.evidence})"
-    if result.passed:
-        return f"{result.summary} is shown within the {limit}: {p_text} ({result.evidence})"
-    return (
-        f"{result.summary} is not shown within the {limit}: {p_text} ({result.evidence}); "
-        f"more items would tell, see `qtests plan`"
-    )
+    if result.decided_look is not None:
+        p_text += f"; decided at look {result.decided_look}"
+    if result.verdict == "PASS":
+        return f"{result.summary}: PASS, shown within the {limit} ({p_text}; {result.evidence})"
+    if result.verdict == "FAIL":
+        return f"{result.summary}: FAIL, shown worse than the {limit} ({p_text}; {result.evidence})"
+    consequence = ("passes with a warning (evidence-of-harm)" if result.mode == "evidence-of-harm"
+                   else "fails (non-inferiority needs it shown within the margin)")
+    return (f"{result.summary}: INCONCLUSIVE, neither shown within nor worse than the {limit}; this run "
+            f"could detect {format_mde(result.mde, is_ratio(result.check))} with power 0.8 ({p_text}; "
+            f"{result.evidence}); {consequence}; more items would tell, see `qtests plan`")
 
 
 def _alternative(spec: CheckSpec, mode: str):
@@ -233,7 +243,22 @@ def _paired_result(
         evidence=evidence,
         details=details,
     )
-    return dataclasses.replace(result, message=verdict_message(result))
+    return with_verdict(result)
+
+
+def with_verdict(result: CheckResult) -> CheckResult:
+    """``result`` with its three-way verdict read off its interval, the pass/fail the mode gives it, the
+    smallest change the run could detect at its level, and the message rewritten from those."""
+    spec = CHECK_SPECS[result.check]
+    assert result.ci_low is not None and result.ci_high is not None
+    found = verdict_of_interval(result.ci_low, result.ci_high, result.margin, spec.worse)
+    variance = float(result.details.get("difference_variance", 0.0))
+    if spec.kind == "ratio":
+        mde = ratio_of_share(share_mde(result.n_items, share_of_ratio(result.margin), variance, result.alpha))
+    else:
+        mde = rate_mde(result.n_items, abs(result.margin), variance, result.alpha)
+    updated = dataclasses.replace(result, verdict=found, passed=passes(found, result.mode), mde=mde)
+    return dataclasses.replace(updated, message=verdict_message(updated))
 
 
 def check_rate(
@@ -260,7 +285,8 @@ def check_rate(
     bound = tol.limit(ref_rate)
     alternative = _alternative(spec, mode)
 
-    details: dict[str, Any] = {"samples_per_item": samples_per_item}
+    details: dict[str, Any] = {"samples_per_item": samples_per_item,
+                               "difference_variance": float(np.var(var_items - ref_items))}
     binary = bool(np.all((ref_items == 0) | (ref_items == 1)) and np.all((var_items == 0) | (var_items == 1)))
     test: PairedTest
     if binary:
@@ -309,7 +335,8 @@ def check_ratio(
         ref_items, var_items, quantile_ratio(spec.quantile), tol.limit(ref_value), _alternative(spec, mode),
         alpha, n_resamples, seed,
     )
-    details = {"p_resolution": 1.0 / n_resamples, "samples_per_item": samples_per_item}
+    details = {"p_resolution": 1.0 / n_resamples, "samples_per_item": samples_per_item,
+               "difference_variance": float(np.var(paired_differences("ratio", ref_items, var_items)))}
     return _paired_result(check, tol, alpha, mode, ref_value, var_value, test, test.method, details)
 
 
@@ -433,7 +460,7 @@ def run_checks(
     """Every tolerated check of one variant on one task, *not yet* Holm-adjusted.
 
     Collect the results of all tasks of a variant, then call
-    :func:`~pytest_qtests.gate.multiplicity.apply_holm` once on the lot, so the family covers
+    :func:`~pytest_qtests.gate.multiplicity.apply_gatekeeping` once on the lot, so the family covers
     everything that could fail that variant.
     """
     ref, var = align_outcomes(reference, variant)

@@ -579,3 +579,19 @@ def mcnemar_required_items(drop: float, margin: float, discordance: float, alpha
     while mcnemar_power(n, drop, margin, discordance, alpha) < power:
         n += max(1, n // 2000)
     return n
+
+
+def minimum_detectable_drop(n_items: int, margin: float, variance_per_item: float, alpha: float = 0.05,
+                            power: float = 0.8) -> float:
+    """The smallest true drop a level-``alpha`` test on ``n_items`` items detects with ``power``.
+
+    The inverse of :func:`required_items` (same normal approximation, so ``qtests plan`` and the
+    INCONCLUSIVE verdict's "could have seen a drop of ..." agree): ``margin + (z_{1-alpha} + z_power)
+    sigma / sqrt(n)``. Drops and margins are positive magnitudes in the worse direction.
+    """
+    _check_alpha(alpha)
+    if not 0.0 < power < 1.0:
+        raise ValueError("power must lie strictly between 0 and 1")
+    if n_items < 1 or variance_per_item < 0:
+        raise ValueError(f"need n_items >= 1 and a non-negative variance, got {n_items} and {variance_per_item}")
+    return margin + (norm.isf(alpha) + norm.ppf(power)) * math.sqrt(variance_per_item / n_items)

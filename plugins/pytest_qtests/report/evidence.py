@@ -52,6 +52,7 @@ class RunEvidence:
     items: dict[str, TaskItem] = field(default_factory=dict)
     forensics: Any = None  # forensics.Forensics of a compared variant, else None
     diagnosis: Any = None  # evaluate.diagnosis.Diagnosis of a variant whose degenerate check failed, else None
+    sequential: Any = None  # evaluate.looks.SequentialRun of a --stop-early run, else None
 
     @property
     def checks(self) -> dict[str, CheckResult]:
@@ -77,7 +78,7 @@ def gather(gate: Any) -> list[RunEvidence]:
             variant=row["variant"], task=row["task"], role=row["role"], row=row, outcomes=list(run.outcomes),
             records=list(run.records), fingerprint=run.fingerprint.to_dict(), canary=run.canary,
             complete=run.complete, items=_task_items(gate, row["task"]),
-            diagnosis=gate.diagnoses.get((row["variant"], row["task"])),
+            diagnosis=gate.diagnoses.get((row["variant"], row["task"])), sequential=run.sequential,
         )
         if row["role"] != "reference":
             try:

@@ -101,7 +101,8 @@ def write_report_files(entries: Sequence[RunEvidence], settings: dict[str, Any],
 
 def check_document(result: CheckResult) -> dict[str, Any]:
     return {
-        "check": result.check, "mode": result.mode, "passed": result.passed,
+        "check": result.check, "mode": result.mode, "passed": result.passed, "verdict": result.verdict or None,
+        "decided_look": result.decided_look, "mde": finite_or_none(result.mde),
         "reference_value": finite_or_none(result.reference_value), "variant_value": result.variant_value,
         "estimate": result.estimate, "ci_low": finite_or_none(result.ci_low), "ci_high": finite_or_none(result.ci_high),
         "confidence": finite_or_none(result.confidence), "margin": result.margin, "limit_text": result.limit_text,
@@ -118,6 +119,14 @@ def _discordant(result: CheckResult) -> dict[str, Any] | None:
         return None
     return {"reference_only": details["down"], "variant_only": details["up"],
             "mcnemar_exact_p": details["mcnemar_exact_p"]}
+
+
+def _reference_tokens(entry: RunEvidence) -> int | None:
+    """The live reference's output tokens on the items this run was compared on (None without one)."""
+    if entry.reference_records is None:
+        return None
+    compared = {o.item_id for o in entry.reference_outcomes or []}
+    return sum(r.output_tokens for r in entry.reference_records if r.item_id in compared)
 
 
 def _canary_document(canary: Any) -> dict[str, Any] | None:
@@ -148,6 +157,11 @@ def run_document(entry: RunEvidence) -> dict[str, Any]:
         "task": entry.task,
         "role": entry.role,
         "complete": entry.complete,
+        "items_planned": len(entry.items) if entry.items else len({o.item_id for o in entry.outcomes}),
+        "items_evaluated": len({o.item_id for o in entry.outcomes}),
+        "tokens_generated": {"variant": sum(r.output_tokens for r in entry.records),
+                             "reference": _reference_tokens(entry)},
+        "sequential": entry.sequential.to_dict() if entry.sequential is not None else None,
         "verdict": row_verdict(row),
         "reference_source": entry.reference_source,
         "summary": {

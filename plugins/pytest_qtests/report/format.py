@@ -29,17 +29,24 @@ def format_bytes(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
+def mark(result: CheckResult) -> str:
+    """``✓`` shown within the margin, ``✗`` failed, ``?`` inconclusive (``?✓`` where the mode passes it)."""
+    if result.verdict == "INCONCLUSIVE":
+        return "?✓" if result.passed else "?✗"
+    return "✓" if result.passed else "✗"
+
+
 def cell_delta(result: CheckResult | None) -> str:
     """A rate delta in percentage points with its verdict mark, e.g. ``-5.0pp ✗``."""
     if result is None:
         return "-"
-    return f"{100 * result.estimate:+.1f}pp {'✓' if result.passed else '✗'}"
+    return f"{100 * result.estimate:+.1f}pp {mark(result)}"
 
 
 def cell_ratio(result: CheckResult | None) -> str:
     if result is None:
         return "-"
-    return f"{result.estimate:.2f} {'✓' if result.passed else '✗'}"
+    return f"{result.estimate:.2f} {mark(result)}"
 
 
 def row_verdict(row: dict[str, Any]) -> str:
@@ -51,7 +58,10 @@ def row_verdict(row: dict[str, Any]) -> str:
     if not results:
         return "no comparison"
     failed = [r.check for r in results if not r.passed]
-    return "PASS" if not failed else "FAIL " + ",".join(failed)
+    if failed:
+        return "FAIL " + ",".join(failed)
+    inconclusive = [r.check for r in results if r.verdict == "INCONCLUSIVE"]
+    return "PASS" if not inconclusive else "PASS, inconclusive " + ",".join(inconclusive)
 
 
 def cell_estimate(result: CheckResult) -> str:

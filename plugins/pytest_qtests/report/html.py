@@ -56,7 +56,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: s
 
 
 def _verdict_class(text: str) -> str:
-    return "pass" if text == "PASS" else "fail" if text.startswith("FAIL") else ""
+    return "pass" if text.startswith("PASS") else "fail" if text.startswith("FAIL") else ""
 
 
 def verdict_table(entries: Sequence[RunEvidence]) -> str:
@@ -67,11 +67,11 @@ def verdict_table(entries: Sequence[RunEvidence]) -> str:
 
 def checks_table(entries: Sequence[RunEvidence]) -> str:
     header = ("variant", "task", "check", "reference", "variant value", "estimate", "interval", "margin", "p",
-              "Holm p", "verdict", "message")
+              "family p", "verdict", "message")
     rows, classes = [], []
     for entry in entries:
         for name, result in entry.checks.items():
-            verdict = "PASS" if result.passed else "FAIL"
+            verdict = result.verdict or ("PASS" if result.passed else "FAIL")
             rows.append([_e(entry.variant), _e(entry.task), _e(name),
                          _e("-" if result.reference_value is None else f"{result.reference_value:.4g}"),
                          _e(f"{result.variant_value:.4g}"), _e(cell_estimate(result)), _e(cell_interval(result)),

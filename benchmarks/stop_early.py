@@ -1,0 +1,126 @@
+"""``--stop-early`` against the fixed run: the zoo demo and the 1319-item replayed GSM8K pairs.
+
+Usage (from anywhere; each part prints a table and a final JSON line):
+
+    python benchmarks/stop_early.py zoo        # `pytest qtests` (the repo's zoo suite) twice, cold caches
+    python benchmarks/stop_early.py gsm8k      # replayed GSM8K pairs over all 1319 bundled items
+
+zoo: the `make demo` command with and without ``--stop-early``, each on a fresh cache directory so every
+token counted was generated; ``results.json`` of each run gives the verdicts per check, the items and
+tokens per variant and the look each check was decided at.
+
+gsm8k: replay files built from the real GSM8K solutions (``tests/gsm8k_replays.py``): model A (every 25th
+item wrong), model B (every 8th wrong, every 40th cut off while thinking: a mixed pair with gains and
+losses), model C (model A plus every 9th item wrong: a pair that only loses) and A again (a model against
+itself). Each pair runs through the plugin with the replay backend and ``--stop-early``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import zoo_bench
+
+sys.path.insert(0, str(zoo_bench.REPO / "tests"))
+from gsm8k_replays import GSM8K, MAX_TOKENS, a_output, b_output, gsm8k_rows, with_final_answer, gold_of, write_replay  # noqa: E402
+
+
+def results(report: Path) -> dict:
+    return json.loads((report / "results.json").read_text())
+
+
+def run_pytest(arguments: list[str], report: Path) -> tuple[float, subprocess.CompletedProcess]:
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rxXfE", "--qt-report", str(report),
+               *arguments]
+    return zoo_bench.timed(lambda: subprocess.run(command, capture_output=True, text=True))
+
+
+def per_variant(document: dict) -> dict[str, dict]:
+    """Items, tokens and verdicts per (variant, task) run of a results.json."""
+    out = {}
+    for run in document["runs"]:
+        out[run["variant"]] = {
+            "role": run["role"], "items_planned": run["items_planned"], "items_evaluated": run["items_evaluated"],
+            "tokens": run["tokens_generated"]["variant"], "reference_tokens": run["tokens_generated"]["reference"],
+            "verdicts": {name: check.get("verdict") for name, check in run["checks"].items()},
+            "passed": {name: check["passed"] for name, check in run["checks"].items()},
+            "decided_looks": (run["sequential"] or {}).get("decided_looks"), "verdict": run["verdict"],
+        }
+    return out
+
+
+def zoo() -> None:
+    work = Path(tempfile.mkdtemp(prefix="qtests-stop-early-"))
+    found = {}
+    for name, flags in (("fixed", ["--no-stop-early"]), ("stop-early", ["--stop-early"])):
+        seconds, completed = run_pytest(["qtests", "--cache-dir", str(work / f"cache-{name}"), *flags], work / name)
+        print(completed.stdout[-3000:])
+        found[name] = {"seconds": seconds, "exit": completed.returncode, "runs": per_variant(results(work / name))}
+    totals = {name: sum(r["tokens"] for r in data["runs"].values()) for name, data in found.items()}
+    print(f"{'variant':<20}{'fixed items':>12}{'fixed tokens':>14}{'early items':>12}{'early tokens':>14}  verdicts (fixed | early) / looks")
+    for label, fixed in found["fixed"]["runs"].items():
+        early = found["stop-early"]["runs"][label]
+        print(f"{label:<20}{fixed['items_evaluated']:>12}{fixed['tokens']:>14}{early['items_evaluated']:>12}{early['tokens']:>14}  "
+              f"{fixed['verdict']} | {early['verdict']}  {early['decided_looks']}")
+    same = all(found["fixed"]["runs"][label]["passed"] == found["stop-early"]["runs"][label]["passed"]
+               for label in found["fixed"]["runs"])
+    print(f"total tokens: fixed {totals['fixed']}, stop-early {totals['stop-early']} "
+          f"({totals['stop-early'] / totals['fixed']:.0%}); identical pass/fail per check: {same}; "
+          f"wall {found['fixed']['seconds']:.0f} s vs {found['stop-early']['seconds']:.0f} s")
+    print(json.dumps({"zoo": found, "totals": totals, "identical": same, "machine": zoo_bench.machine()}))
+
+
+def c_output(index: int, solution: str, sample: int = 0) -> tuple[str, str]:
+    """Model C: model A, and every 9th item (from 5) off by one more: a variant that only loses items."""
+    text, finish = a_output(index, solution, sample)
+    if index % 9 == 5 and index % 25 != 7:
+        return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 1)), "stop"
+    return text, finish
+
+
+def gsm8k() -> None:
+    work = Path(tempfile.mkdtemp(prefix="qtests-stop-early-gsm8k-"))
+    rows = gsm8k_rows(1319)
+    for name, make in (("a", a_output), ("b", b_output), ("c", c_output)):
+        write_replay(work / f"{name}.jsonl", rows, make)
+    summary = {}
+    for label, replay in (("model-b", "b"), ("model-c", "c"), ("model-a-again", "a")):
+        arguments = ["--pyargs", "qtests", "--backend", "replay", "--tasks", f"gsm8k={GSM8K}", "--limit", "1319",
+                     "--max-tokens", str(MAX_TOKENS), "--reference", "model-a=example/model-a",
+                     "--model", f"{label}=example/{label}", "--replay", f"model-a={work / 'a.jsonl'}",
+                     "--replay", f"{label}={work / (replay + '.jsonl')}", "--stop-early", "--canary", "0"]
+        _, completed = run_pytest(arguments, work / label)
+        document = results(work / label)
+        run = next(r for r in document["runs"] if r["variant"] == label)
+        accuracy = run["checks"]["accuracy"]
+        summary[label] = {"accuracy_reference": accuracy["reference_value"], "accuracy_variant": accuracy["variant_value"],
+                          "accuracy_verdict": accuracy["verdict"], "accuracy_decided_look": accuracy["decided_look"],
+                          "accuracy_decided_items": _items_at(accuracy["message"]),
+                          "items_evaluated": run["items_evaluated"], "items_planned": run["items_planned"],
+                          "verdicts": {n: c["verdict"] for n, c in run["checks"].items()}, "verdict": run["verdict"],
+                          "exit": completed.returncode}
+        print(label, json.dumps(summary[label]))
+    print(json.dumps({"gsm8k": summary, "machine": zoo_bench.machine()}))
+
+
+def _items_at(message: str) -> int | None:
+    """The item count a sequence decision names ("decided after N of M items")."""
+    marker = "decided after "
+    return int(message.split(marker, 1)[1].split(" ", 1)[0]) if marker in message else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("zoo", "gsm8k"))
+    args = parser.parse_args()
+    zoo_bench.prepare()
+    {"zoo": zoo, "gsm8k": gsm8k}[args.part]()
+
+
+if __name__ == "__main__":
+    main()

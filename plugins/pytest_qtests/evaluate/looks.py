@@ -1,0 +1,137 @@
+"""``--stop-early``: generate a variant look by look in the run's seeded order, stop once its checks are decided.
+
+The evaluator hands this module its two seams (generate requests through the cache, grade records),
+so a look costs what the engine charges for that many requests and nothing more: the transformers
+engine batches within a look (looks are at least a batch on real suites, see ``look_ends``), cached
+records are read back, and every repeat of an item sits in the item's look. What is never asked for is
+never generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from pytest_qtests.gate.sequential import (
+    SEQUENCE_SHARE,
+    SequentialCheck,
+    SequentialGate,
+    look_ends,
+    paired_differences,
+    seeded_order,
+    share_of_ratio,
+)
+from pytest_qtests.gate.tolerances import CHECK_SPECS, Tolerance
+from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome
+
+# Checks without a bounded per-item mean: decided by the fixed-n test at the end of the items.
+END_ONLY = frozenset({"length_p95"})
+
+
+@dataclass
+class SequentialRun:
+    """What ``results.json`` reports about a run made with ``--stop-early``."""
+
+    items_planned: int
+    items_evaluated: int
+    looks_planned: int
+    looks_used: int
+    gate: SequentialGate
+    rule: str
+    decided_looks: dict[str, int | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items_planned": self.items_planned, "items_evaluated": self.items_evaluated,
+                "looks_planned": self.looks_planned, "looks_used": self.looks_used,
+                "decided_looks": dict(self.decided_looks), "stopping_rule": self.rule}
+
+
+def stopping_rule(n_items: int, alpha: float, mode: str) -> str:
+    """One line naming the rule, for reports and ``results.json``."""
+    ends = look_ends(n_items)
+    step = ends[0] if len(ends) > 1 else n_items
+    return (f"{mode}: a look every {step} items ({len(ends)} looks) in seeded random order; per check a betting "
+            f"confidence sequence (ville BettingCS) at {SEQUENCE_SHARE:g} of its level, the rest to the fixed-n "
+            f"test at the end; stop when every check is decided; family alpha {alpha:g} "
+            f"({'accuracy-first weighted Holm' if mode == 'evidence-of-harm' else 'each check at alpha'})")
+
+
+def sequential_checks(tolerances: Mapping[str, Tolerance], reference_rates: Mapping[str, float]) -> list[SequentialCheck]:
+    """The gate's view of the tolerated checks: margins in difference units (rates) or length shares (ratios)."""
+    checks = []
+    for name, tol in tolerances.items():
+        spec = CHECK_SPECS[name]
+        if spec.kind == "ratio":
+            margin = share_of_ratio(tol.value)
+        else:
+            margin = tol.limit(reference_rates.get(name, 0.0))
+        checks.append(SequentialCheck(name, spec.worse, margin, bounded=name not in END_ONLY))
+    return checks
+
+
+def _per_item(outcomes: Sequence[ItemOutcome], attribute: str, items: Sequence[str]) -> np.ndarray:
+    values: dict[str, list[float]] = {}
+    for outcome in outcomes:
+        values.setdefault(outcome.item_id, []).append(float(getattr(outcome, attribute)))
+    return np.array([np.mean(values[item]) for item in items])
+
+
+def generate_in_looks(
+    requests: Sequence[GenerationRequest],
+    reference: Sequence[ItemOutcome],
+    tolerances: Mapping[str, Tolerance],
+    alpha: float,
+    mode: str,
+    seed: int,
+    generate: Callable[[list[GenerationRequest]], list[GenerationRecord]],
+    grade: Callable[[list[GenerationRecord], list[GenerationRequest]], list[ItemOutcome]],
+) -> tuple[list[GenerationRequest], list[GenerationRecord], list[ItemOutcome], SequentialRun]:
+    """Generate and grade look by look until every check is decided or the items run out.
+
+    Returns the requests asked, their records and outcomes (in look order) and the run's account.
+    Relative rate tolerances (``accuracy:-2%``) take the reference's rate on the items seen so far.
+    """
+    by_item: dict[str, list[GenerationRequest]] = {}
+    for request in requests:
+        by_item.setdefault(request.item_id, []).append(request)
+    order = seeded_order(list(by_item), seed)
+    ends = look_ends(len(order))
+    reference_of = {}
+    for outcome in reference:
+        reference_of.setdefault(outcome.item_id, []).append(outcome)
+    names = list(tolerances)
+    gate = SequentialGate(sequential_checks(tolerances, {}), alpha, mode)
+    asked: list[GenerationRequest] = []
+    records: list[GenerationRecord] = []
+    outcomes: list[ItemOutcome] = []
+    start = 0
+    for end in ends:
+        items = order[start:end]
+        look = [request for item in items for request in by_item[item]]
+        look_records = generate(look)
+        look_outcomes = grade(look_records, look)
+        asked += look
+        records += look_records
+        outcomes += look_outcomes
+        seen = order[:end]
+        ref_seen = [o for item in seen for o in reference_of.get(item, [])]
+        rates = {name: float(np.mean([getattr(o, CHECK_SPECS[name].outcome_field) for o in ref_seen]))
+                 for name in names if CHECK_SPECS[name].kind == "rate"}
+        ref_look = [o for item in items for o in reference_of.get(item, [])]
+        differences = [
+            paired_differences(CHECK_SPECS[name].kind, _per_item(ref_look, CHECK_SPECS[name].outcome_field, items),
+                               _per_item(look_outcomes, CHECK_SPECS[name].outcome_field, items))
+            for name in names
+        ]
+        gate.observe(differences, [check.margin for check in sequential_checks(tolerances, rates)])
+        start = end
+        if gate.decided:
+            break
+    run = SequentialRun(
+        items_planned=len(order), items_evaluated=start, looks_planned=len(ends), looks_used=gate.looks, gate=gate,
+        rule=stopping_rule(len(order), alpha, mode),
+        decided_looks={state.check.name: state.decided_look for state in gate.states},
+    )
+    return asked, records, outcomes, run
