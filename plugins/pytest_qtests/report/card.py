@@ -25,6 +25,7 @@ from pytest_qtests.audit.storage import is_quantized_format
 from pytest_qtests.build.provenance import describe_provenance, read_provenance
 from pytest_qtests.gate.checks import CheckResult
 from pytest_qtests.gate.tolerances import CHECK_SPECS, is_ratio
+from pytest_qtests.gate.verdict import format_mde
 from pytest_qtests.records import QtestsError
 from pytest_qtests.report.files import results_problem
 from pytest_qtests.store.atomic import atomic_write
@@ -93,7 +94,7 @@ def card_runs(document: dict[str, Any], variant: str, allow_failed: bool) -> lis
         if not run["checks"] and run["verdict"] != "FAIL (canary)":
             raise QtestsError(f"{variant} on {run['task']} has no comparison with a reference ({run['verdict']}): "
                               "a card reports recovery against BF16; gate it with --reference or --baseline")
-    failed = [f"{run['task']}: {run['verdict']}" for run in runs if run["verdict"] != "PASS"]
+    failed = [f"{run['task']}: {run['verdict']}" for run in runs if not run["verdict"].startswith("PASS")]
     if failed and not allow_failed:
         raise QtestsError(f"{variant} failed the gate ({'; '.join(failed)}): refusing to write its model card; "
                           "pass --allow-failed to write one that says it failed")
@@ -131,8 +132,16 @@ def _metrics_table(card_run: CardRun, max_tokens: int) -> list[str]:
         lines.append(" | ".join([
             f"| {_metric_name(result, max_tokens)}", _value(result, result.variant_value),
             _value(result, result.reference_value), cell_estimate(result), cell_interval(result),
-            result.limit_text or "-", cell_p(result.adjusted_p_value), ("pass" if result.passed else "**FAIL**") + " |"]))
+            result.limit_text or "-", cell_p(result.adjusted_p_value), _check_cell(result) + " |"]))
     return lines
+
+
+def _check_cell(result: CheckResult) -> str:
+    """pass, **FAIL**, or inconclusive with the smallest change the run could have detected."""
+    if result.verdict == "INCONCLUSIVE":
+        detectable = format_mde(result.mde, is_ratio(result.check))
+        return f"inconclusive (could detect {detectable}){'' if result.passed else ' **FAIL**'}"
+    return "pass" if result.passed else "**FAIL**"
 
 
 def _task_section(card_run: CardRun, max_tokens: int) -> list[str]:
@@ -216,12 +225,17 @@ def _settings_section(document: dict[str, Any], runs: Sequence[CardRun]) -> list
 def card_markdown(document: dict[str, Any], variant: str, runs: Sequence[CardRun],
                   report: AuditReport | None, provenance: dict[str, Any] | None) -> str:
     """The card section between the markers: verdict, metrics per task, footprint, recipe, settings."""
-    passed = all(run.run["verdict"] == "PASS" for run in runs)
+    passed = all(run.run["verdict"].startswith("PASS") for run in runs)
+    inconclusive = sorted({c.check for run in runs for c in run.checks if c.verdict == "INCONCLUSIVE"})
     reference = document["settings"]["reference"] or document["settings"]["baseline"]
     lines = [BEGIN, "## Quantization quality (qtests)", ""]
     if passed:
         lines.append(f"**Verdict: PASS.** `{variant}` was gated against the BF16 reference `{reference}` item by item "
                      "on every metric below; no check showed a loss beyond its tolerance.")
+        if inconclusive:
+            lines.append(f"Not every check could be shown within its tolerance: {', '.join(inconclusive)} "
+                         "inconclusive (too few items to tell; the gate's evidence-of-harm mode passes them). "
+                         "The table gives the smallest change this run could have detected.")
     else:
         lines.append(f"**Verdict: FAILED.** `{variant}` failed the qtests gate against the BF16 reference `{reference}`; "
                      "this card was written anyway (`--allow-failed`). Read the failed checks below before using it.")
