@@ -19,6 +19,7 @@ from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsErr
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores, scores_from_logits
 from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, free_device_memory, last_error_line, make_record, prompt_token_ids, think_close_id
 from pytest_qtests.engines.load_hints import explain_load_failure
+from pytest_qtests.packages import installed_version
 
 
 def device_info() -> dict[str, Any]:
@@ -50,27 +51,57 @@ class TransformersBackend:
         self._tokenizer: Any = None
 
     # -- engine lifecycle ------------------------------------------------------------------------
+    # Everything the fingerprint and the cache keys need (engine version, device, dtype) is worked out
+    # from the config and the machine, never from the weights: a fully cached re-run loads no model.
+    def _resolved_device(self) -> str:
+        if self._device is None:
+            import torch
+
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self._device
+
+    def _load_dtype(self) -> Any:
+        """What ``from_pretrained`` is given: ``"auto"`` (the checkpoint's dtype) or a torch dtype.
+
+        "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32 (an
+        exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU). compressed-tensors
+        computes in the dtype its unquantized tensors are stored in, whatever the config says (a float32
+        model around bf16 MXFP4 layers fails: float != BFloat16)."""
+        import torch
+
+        if self.dtype == "auto" and _is_compressed_tensors(self.spec.source):
+            return _stored_float_dtype(self.spec.source) or "auto"
+        if self.dtype == "auto":
+            return "auto" if self._resolved_device() != "cpu" or _cpu_has_bf16() else torch.float32
+        return getattr(torch, self.dtype)
+
+    def _load_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
+                    padding_side="left")
+            except Exception as error:  # any loading failure becomes one line for this variant
+                raise EngineLoadError(
+                    f"transformers could not load {self.spec.label} ({self.spec.source}): "
+                    f"{explain_load_failure(error, self.spec)}"
+                ) from error
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
     def _load(self) -> None:
+        """Load the weights, once, when something has to be generated or scored."""
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
-        # (an exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU).
-        # compressed-tensors computes in the dtype its unquantized tensors are stored in, whatever the
-        # config says (a float32 model around bf16 MXFP4 layers fails: float != BFloat16).
-        if self.dtype == "auto" and _is_compressed_tensors(self.spec.source):
-            dtype = _stored_float_dtype(self.spec.source) or "auto"
-        elif self.dtype == "auto":
-            dtype = "auto" if device != "cpu" or _cpu_has_bf16() else torch.float32
-        else:
-            dtype = getattr(torch, self.dtype)
+        self._load_tokenizer()
+        device, dtype = self._resolved_device(), self._load_dtype()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
-                padding_side="left")
             _check_quantization_method(self.spec)
             with _loader_state_restored():
                 model = AutoModelForCausalLM.from_pretrained(
@@ -84,29 +115,25 @@ class TransformersBackend:
                 f"transformers could not load {self.spec.label} ({self.spec.source}): "
                 f"{explain_load_failure(error, self.spec)}"
             ) from error
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self._device = device
-        self._model, self._tokenizer = model, tokenizer
+        self._model = model
 
     def device_info(self) -> dict[str, Any]:
-        """The devices, and the dtype "auto" resolved to for this checkpoint (recorded, not compared)."""
-        self._load()
-        return {**device_info(), "dtype": str(self._model.dtype).replace("torch.", "")}
+        """The devices, and the dtype the loader is given for this checkpoint (recorded, not compared): the
+        checkpoint's own (config.json) when that is "auto". Known without the weights, so a cached re-run
+        records the same; an integration may still compute in another (auto-round forces float16 on a CPU)."""
+        dtype = self._load_dtype()
+        name = _config_dtype(self.spec.source) if dtype == "auto" else str(dtype).replace("torch.", "")
+        return {**device_info(), "load_dtype": name}
 
     @property
     def tokenizer(self) -> Any:
-        self._load()
-        return self._tokenizer
+        return self._load_tokenizer()
 
     def engine_version(self) -> str:
-        import transformers
-
-        self._load()
-        # the dtype as asked (like vLLM's): "auto" resolves per checkpoint (a quantized variant computes in
-        # float16 beside a float32 reference on this CPU), so the resolved one would make every variant's
-        # settings differ from its stored baseline's; it is recorded in device_info() instead
-        return f"transformers {transformers.__version__} ({self._device}, {self.dtype}, batch {self.batch_size})"
+        # the dtype as asked (like vLLM's): "auto" resolves per checkpoint, so the resolved one would make
+        # every variant's settings differ from its stored baseline's; it is recorded in device_info() instead
+        return (f"transformers {installed_version('transformers')} "
+                f"({self._resolved_device()}, {self.dtype}, batch {self.batch_size})")
 
     def close(self) -> None:
         self._model = None
@@ -277,6 +304,18 @@ def _stored_float_dtype(source: str) -> Any:
         if tensor.dtype in _FLOAT_DTYPES and "scale" not in tensor.name:
             counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel
     return getattr(torch, _FLOAT_DTYPES[max(counts, key=counts.get)]) if counts else None
+
+
+def _config_dtype(source: str) -> str:
+    """The dtype a checkpoint's config.json names (``dtype``, or the older ``torch_dtype``), "auto" when none."""
+    import json
+    from pathlib import Path
+
+    config = Path(source) / "config.json"
+    fields = json.loads(config.read_text()) if config.is_file() else {}
+    text_config = fields.get("text_config") or {}
+    return str(fields.get("dtype") or fields.get("torch_dtype") or text_config.get("dtype")
+               or text_config.get("torch_dtype") or "auto")
 
 
 def _cpu_has_bf16() -> bool:
