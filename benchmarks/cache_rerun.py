@@ -135,9 +135,10 @@ def main() -> None:
 
 def heavy_imports(rerun: list[str]) -> list[str]:
     """Which of torch, transformers and vLLM one more cached re-run imports (it should need none)."""
-    result = subprocess.run([rerun[0], "-X", "importtime", *rerun[1:]], capture_output=True, text=True)
+    # -s: pytest would otherwise capture stderr, and with it what is imported while the checks run
+    result = subprocess.run([rerun[0], "-X", "importtime", *rerun[1:], "-s"], capture_output=True, text=True)
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    if result.returncode not in (0, 1) or "pytest_qtests.plugin" not in imported:  # else "none" would prove nothing
+    if result.returncode not in (0, 1) or "pytest_qtests.session" not in imported:  # else "none" would prove nothing
         sys.exit(f"the -X importtime re-run did not run the plugin (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return [name for name in ("torch", "transformers", "vllm") if name in imported]
 

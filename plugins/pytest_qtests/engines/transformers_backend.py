@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from itertools import groupby
@@ -23,19 +24,29 @@ from pytest_qtests.packages import installed_version
 
 
 def device_info() -> dict[str, Any]:
-    """The accelerator that ran the generations, for fingerprints and reports."""
-    import torch
+    """The accelerator that ran the generations, for fingerprints and reports (on a machine without a GPU
+    driver, worked out without importing torch: see :func:`cuda_possible`)."""
+    if cuda_possible():
+        import torch
 
-    if torch.cuda.is_available():
-        index = torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        info = {"device": "cuda", "device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),
-                "device_count": torch.cuda.device_count()}
-    else:
-        info = {"device": "cpu", "device_name": "cpu", "threads": torch.get_num_threads()}
-    if "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the slice --gpus-per-worker gave this xdist worker
+        if torch.cuda.is_available():
+            index = torch.cuda.current_device()
+            props = torch.cuda.get_device_properties(index)
+            info = {"device": "cuda", "device_name": props.name,
+                    "device_memory_gib": round(props.total_memory / 2**30, 1), "device_count": torch.cuda.device_count()}
+            if "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the slice --gpus-per-worker gave this xdist worker
+                info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+            return info
+    info = {"device": "cpu", "device_name": "cpu", "cpus": len(os.sched_getaffinity(0))}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
         info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return info
+
+
+def cuda_possible() -> bool:
+    """False only where ``torch.cuda.is_available()`` cannot be true: Linux with no NVIDIA or ROCm driver
+    device node. There a fully cached re-run names its device without importing torch (seconds)."""
+    return sys.platform != "linux" or any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd"))
 
 
 class TransformersBackend:
@@ -55,25 +66,21 @@ class TransformersBackend:
     # from the config and the machine, never from the weights: a fully cached re-run loads no model.
     def _resolved_device(self) -> str:
         if self._device is None:
-            import torch
-
-            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._device = "cuda" if device_info()["device"] == "cuda" else "cpu"
         return self._device
 
-    def _load_dtype(self) -> Any:
-        """What ``from_pretrained`` is given: ``"auto"`` (the checkpoint's dtype) or a torch dtype.
+    def _load_dtype(self) -> str:
+        """What ``from_pretrained`` is given: ``"auto"`` (the checkpoint's dtype) or a torch dtype's name.
 
         "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32 (an
         exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU). compressed-tensors
         computes in the dtype its unquantized tensors are stored in, whatever the config says (a float32
         model around bf16 MXFP4 layers fails: float != BFloat16)."""
-        import torch
-
         if self.dtype == "auto" and _is_compressed_tensors(self.spec.source):
             return _stored_float_dtype(self.spec.source) or "auto"
         if self.dtype == "auto":
-            return "auto" if self._resolved_device() != "cpu" or _cpu_has_bf16() else torch.float32
-        return getattr(torch, self.dtype)
+            return "auto" if self._resolved_device() != "cpu" or _cpu_has_bf16() else "float32"
+        return self.dtype
 
     def _load_tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -97,10 +104,12 @@ class TransformersBackend:
         """Load the weights, once, when something has to be generated or scored."""
         if self._model is not None:
             return
+        import torch
         from transformers import AutoModelForCausalLM
 
         self._load_tokenizer()
         device, dtype = self._resolved_device(), self._load_dtype()
+        dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         try:
             _check_quantization_method(self.spec)
             with _loader_state_restored():
@@ -122,8 +131,7 @@ class TransformersBackend:
         checkpoint's own (config.json) when that is "auto". Known without the weights, so a cached re-run
         records the same; an integration may still compute in another (auto-round forces float16 on a CPU)."""
         dtype = self._load_dtype()
-        name = _config_dtype(self.spec.source) if dtype == "auto" else str(dtype).replace("torch.", "")
-        return {**device_info(), "load_dtype": name}
+        return {**device_info(), "load_dtype": _config_dtype(self.spec.source) if dtype == "auto" else dtype}
 
     @property
     def tokenizer(self) -> Any:
@@ -136,9 +144,9 @@ class TransformersBackend:
                 f"({self._resolved_device()}, {self.dtype}, batch {self.batch_size})")
 
     def close(self) -> None:
-        self._model = None
-        self._tokenizer = None
-        free_device_memory()
+        loaded, self._model, self._tokenizer = self._model is not None, None, None
+        if loaded:  # nothing to give back (nor torch to import) when only the cache was read
+            free_device_memory()
 
     # -- generation --------------------------------------------------------------------------------
     def generate(
@@ -292,18 +300,16 @@ def _is_compressed_tensors(source: str) -> bool:
 _FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
-def _stored_float_dtype(source: str) -> Any:
-    """The torch dtype most of a local checkpoint's unquantized float parameters are stored in (scales
-    aside: formats fix their dtype), read from the safetensors headers; None when there are none."""
-    import torch
-
+def _stored_float_dtype(source: str) -> str | None:
+    """The dtype (torch's name) most of a local checkpoint's unquantized float parameters are stored in
+    (scales aside: formats fix their dtype), read from the safetensors headers; None when there are none."""
     from pytest_qtests.audit.headers import read_headers
 
     counts: dict[str, int] = {}
     for tensor in read_headers(source).tensors:
         if tensor.dtype in _FLOAT_DTYPES and "scale" not in tensor.name:
             counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel
-    return getattr(torch, _FLOAT_DTYPES[max(counts, key=counts.get)]) if counts else None
+    return _FLOAT_DTYPES[max(counts, key=counts.get)] if counts else None
 
 
 def _config_dtype(source: str) -> str:
