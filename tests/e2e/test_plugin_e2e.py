@@ -7,6 +7,7 @@ the CPU. A shared generation cache keeps the suite fast: the reference is genera
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -44,6 +45,29 @@ def test_good_variant_passes_and_prints_the_verdict_table(run_suite, pytester):
     properties = {p.get("name") for p in ET.parse(pytester.path / "junit.xml").iter("property")}
     assert {"accuracy.estimate", "accuracy.ci_low", "accuracy.p_value", "truncation.margin"} <= properties
     assert "record_property is incompatible" not in output  # pytest's xunit2 nag is filtered
+
+
+def test_a_fully_cached_rerun_loads_no_model_and_reports_the_same(pytester, tmp_path, monkeypatch):
+    """Generations, prompts, the chat template's hash and the canary's teacher-forced scores all come
+    from the cache: the second run reads no weights (``tests/generation_log.py`` logs each model load)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).parents[1]}:{os.environ.get('PYTHONPATH', '')}")
+    runs = []
+    for run in ("first", "again"):
+        monkeypatch.setenv("QT_TEST_LOG", str(tmp_path / f"{run}.jsonl"))
+        result = pytester.runpytest_subprocess(
+            "--pyargs", "qtests", "--cache-dir", str(tmp_path / "cache"), *SMALL, "-p", "generation_log",
+            "--reference", REFERENCE, "--model", f"int4-keep={ZOO / 'int4-keep-fragile'}", "--qt-report", run,
+            timeout=600)
+        result.assert_outcomes(passed=4, skipped=1)  # test_policy: no --policy
+        lines = (tmp_path / f"{run}.jsonl").read_text().splitlines()
+        runs.append(([json.loads(line)["load"] for line in lines if '"load"' in line],
+                     json.loads((pytester.path / run / "results.json").read_text())))
+    (first_loads, first), (again_loads, again) = runs
+    assert sorted(first_loads) == ["bf16", "int4-keep"] and again_loads == []
+    variant = lambda document: next(r for r in document["runs"] if r["variant"] == "int4-keep")  # noqa: E731
+    assert variant(again)["checks"] == variant(first)["checks"]
+    assert variant(again)["canary"] == variant(first)["canary"]  # its divergence too, from the cached scores
 
 
 def test_broken_variant_fails_its_degenerate_check_and_exits_1(run_suite):

@@ -388,3 +388,36 @@ def test_a_cached_rerun_renders_from_the_cache_and_loads_no_tokenizer(tmp_path, 
     off = evaluate(thinking=False)  # another rendering: the tokenizer is needed again
     assert TokenizingBackend.loads == 2
     assert off.record_keys != first.record_keys
+
+
+# --- teacher-forced scores: the canary of a fully cached re-run loads no model ---------------------
+
+
+class ScoringBackend(worker.DeterministicBackend):
+    """Scores a text from its characters (a stand-in for a model), counting the texts it was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.scored: list[str] = []
+
+    def score(self, texts):
+        from pytest_qtests.engines.teacher_forcing import TokenScores
+
+        self.scored += texts
+        return [TokenScores([ord(c) for c in text[1:]], [-len(text) / 7.0] * (len(text) - 1),
+                            [{ord(c): -0.1, 7: -2.5} for c in text[1:]]) for text in texts]
+
+
+def test_scores_are_cached_per_model_and_read_back_exactly(tmp_path):
+    from pytest_qtests.store.cache import cached_score
+
+    backend = ScoringBackend()
+    with GenerationCache(tmp_path / "c.sqlite3") as cache:
+        first = cached_score(cache, backend, ["abc", "hello", "abc"], worker.MODEL_HASH)
+        assert backend.scored == ["abc", "hello"]  # a repeated text is scored once
+        again = cached_score(cache, backend, ["hello", "abc", "new"], worker.MODEL_HASH)
+        assert backend.scored == ["abc", "hello", "new"]  # only the text the cache lacked
+        assert again[:2] == [first[1], first[0]]  # token ids, logprobs and top-k (int keys) round-trip exactly
+        cached_score(cache, backend, ["abc"], "another-model")
+        assert backend.scored[-1] == "abc"  # another model's scores are its own
+    assert cached_score(None, backend, ["abc"], worker.MODEL_HASH) == [first[0]]  # --no-cache scores everything

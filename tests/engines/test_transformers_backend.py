@@ -47,7 +47,7 @@ def test_scores_every_token_after_the_first_and_agrees_with_itself(backend):
 def test_unloadable_checkpoint_is_one_engine_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(EngineLoadError, match=r"^transformers could not load bad \("):
-        TransformersBackend(VariantSpec("bad", str(tmp_path))).engine_version()
+        TransformersBackend(VariantSpec("bad", str(tmp_path))).generate([])
 
 
 def test_a_model_loaded_after_an_auto_round_checkpoint_still_generates_correctly():

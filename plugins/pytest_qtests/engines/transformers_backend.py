@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from itertools import groupby
@@ -19,22 +20,33 @@ from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsErr
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores, scores_from_logits
 from pytest_qtests.engines.base import EngineCapabilities, EngineLoadError, ProgressCallback, free_device_memory, last_error_line, make_record, prompt_token_ids, think_close_id
 from pytest_qtests.engines.load_hints import explain_load_failure
+from pytest_qtests.packages import installed_version
 
 
 def device_info() -> dict[str, Any]:
-    """The accelerator that ran the generations, for fingerprints and reports."""
-    import torch
+    """The accelerator that ran the generations, for fingerprints and reports (on a machine without a GPU
+    driver, worked out without importing torch: see :func:`cuda_possible`)."""
+    if cuda_possible():
+        import torch
 
-    if torch.cuda.is_available():
-        index = torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        info = {"device": "cuda", "device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),
-                "device_count": torch.cuda.device_count()}
-    else:
-        info = {"device": "cpu", "device_name": "cpu", "threads": torch.get_num_threads()}
-    if "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the slice --gpus-per-worker gave this xdist worker
+        if torch.cuda.is_available():
+            index = torch.cuda.current_device()
+            props = torch.cuda.get_device_properties(index)
+            info = {"device": "cuda", "device_name": props.name,
+                    "device_memory_gib": round(props.total_memory / 2**30, 1), "device_count": torch.cuda.device_count()}
+            if "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the slice --gpus-per-worker gave this xdist worker
+                info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+            return info
+    info = {"device": "cpu", "device_name": "cpu", "cpus": len(os.sched_getaffinity(0))}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
         info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return info
+
+
+def cuda_possible() -> bool:
+    """False only where ``torch.cuda.is_available()`` cannot be true: Linux with no NVIDIA or ROCm driver
+    device node. There a fully cached re-run names its device without importing torch (seconds)."""
+    return sys.platform != "linux" or any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/kfd"))
 
 
 class TransformersBackend:
@@ -50,27 +62,55 @@ class TransformersBackend:
         self._tokenizer: Any = None
 
     # -- engine lifecycle ------------------------------------------------------------------------
+    # Everything the fingerprint and the cache keys need (engine version, device, dtype) is worked out
+    # from the config and the machine, never from the weights: a fully cached re-run loads no model.
+    def _resolved_device(self) -> str:
+        if self._device is None:
+            self._device = "cuda" if device_info()["device"] == "cuda" else "cpu"
+        return self._device
+
+    def _load_dtype(self) -> str:
+        """What ``from_pretrained`` is given: ``"auto"`` (the checkpoint's dtype) or a torch dtype's name.
+
+        "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32 (an
+        exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU). compressed-tensors
+        computes in the dtype its unquantized tensors are stored in, whatever the config says (a float32
+        model around bf16 MXFP4 layers fails: float != BFloat16)."""
+        if self.dtype == "auto" and _is_compressed_tensors(self.spec.source):
+            return _stored_float_dtype(self.spec.source) or "auto"
+        if self.dtype == "auto":
+            return "auto" if self._resolved_device() != "cpu" or _cpu_has_bf16() else "float32"
+        return self.dtype
+
+    def _load_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
+                    padding_side="left")
+            except Exception as error:  # any loading failure becomes one line for this variant
+                raise EngineLoadError(
+                    f"transformers could not load {self.spec.label} ({self.spec.source}): "
+                    f"{explain_load_failure(error, self.spec)}"
+                ) from error
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
     def _load(self) -> None:
+        """Load the weights, once, when something has to be generated or scored."""
         if self._model is not None:
             return
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # "auto" keeps the checkpoint's dtype on GPUs; CPUs without native bf16 compute it in float32
-        # (an exact upcast of bf16 weights, and ~4x faster than emulated bf16 on such a CPU).
-        # compressed-tensors computes in the dtype its unquantized tensors are stored in, whatever the
-        # config says (a float32 model around bf16 MXFP4 layers fails: float != BFloat16).
-        if self.dtype == "auto" and _is_compressed_tensors(self.spec.source):
-            dtype = _stored_float_dtype(self.spec.source) or "auto"
-        elif self.dtype == "auto":
-            dtype = "auto" if device != "cpu" or _cpu_has_bf16() else torch.float32
-        else:
-            dtype = getattr(torch, self.dtype)
+        self._load_tokenizer()
+        device, dtype = self._resolved_device(), self._load_dtype()
+        dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.spec.source, revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
-                padding_side="left")
             _check_quantization_method(self.spec)
             with _loader_state_restored():
                 model = AutoModelForCausalLM.from_pretrained(
@@ -84,34 +124,29 @@ class TransformersBackend:
                 f"transformers could not load {self.spec.label} ({self.spec.source}): "
                 f"{explain_load_failure(error, self.spec)}"
             ) from error
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self._device = device
-        self._model, self._tokenizer = model, tokenizer
+        self._model = model
 
     def device_info(self) -> dict[str, Any]:
-        """The devices, and the dtype "auto" resolved to for this checkpoint (recorded, not compared)."""
-        self._load()
-        return {**device_info(), "dtype": str(self._model.dtype).replace("torch.", "")}
+        """The devices, and the dtype the loader is given for this checkpoint (recorded, not compared): the
+        checkpoint's own (config.json) when that is "auto". Known without the weights, so a cached re-run
+        records the same; an integration may still compute in another (auto-round forces float16 on a CPU)."""
+        dtype = self._load_dtype()
+        return {**device_info(), "load_dtype": _config_dtype(self.spec.source) if dtype == "auto" else dtype}
 
     @property
     def tokenizer(self) -> Any:
-        self._load()
-        return self._tokenizer
+        return self._load_tokenizer()
 
     def engine_version(self) -> str:
-        import transformers
-
-        self._load()
-        # the dtype as asked (like vLLM's): "auto" resolves per checkpoint (a quantized variant computes in
-        # float16 beside a float32 reference on this CPU), so the resolved one would make every variant's
-        # settings differ from its stored baseline's; it is recorded in device_info() instead
-        return f"transformers {transformers.__version__} ({self._device}, {self.dtype}, batch {self.batch_size})"
+        # the dtype as asked (like vLLM's): "auto" resolves per checkpoint, so the resolved one would make
+        # every variant's settings differ from its stored baseline's; it is recorded in device_info() instead
+        return (f"transformers {installed_version('transformers')} "
+                f"({self._resolved_device()}, {self.dtype}, batch {self.batch_size})")
 
     def close(self) -> None:
-        self._model = None
-        self._tokenizer = None
-        free_device_memory()
+        loaded, self._model, self._tokenizer = self._model is not None, None, None
+        if loaded:  # nothing to give back (nor torch to import) when only the cache was read
+            free_device_memory()
 
     # -- generation --------------------------------------------------------------------------------
     def generate(
@@ -265,18 +300,28 @@ def _is_compressed_tensors(source: str) -> bool:
 _FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
-def _stored_float_dtype(source: str) -> Any:
-    """The torch dtype most of a local checkpoint's unquantized float parameters are stored in (scales
-    aside: formats fix their dtype), read from the safetensors headers; None when there are none."""
-    import torch
-
+def _stored_float_dtype(source: str) -> str | None:
+    """The dtype (torch's name) most of a local checkpoint's unquantized float parameters are stored in
+    (scales aside: formats fix their dtype), read from the safetensors headers; None when there are none."""
     from pytest_qtests.audit.headers import read_headers
 
     counts: dict[str, int] = {}
     for tensor in read_headers(source).tensors:
         if tensor.dtype in _FLOAT_DTYPES and "scale" not in tensor.name:
             counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel
-    return getattr(torch, _FLOAT_DTYPES[max(counts, key=counts.get)]) if counts else None
+    return _FLOAT_DTYPES[max(counts, key=counts.get)] if counts else None
+
+
+def _config_dtype(source: str) -> str:
+    """The dtype a checkpoint's config.json names (``dtype``, or the older ``torch_dtype``), "auto" when none."""
+    import json
+    from pathlib import Path
+
+    config = Path(source) / "config.json"
+    fields = json.loads(config.read_text()) if config.is_file() else {}
+    text_config = fields.get("text_config") or {}
+    return str(fields.get("dtype") or fields.get("torch_dtype") or text_config.get("dtype")
+               or text_config.get("torch_dtype") or "auto")
 
 
 def _cpu_has_bf16() -> bool:

@@ -9,7 +9,7 @@ by token.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from pytest_qtests.engines.teacher_forcing import TokenScores, compare_scores
 from pytest_qtests.evaluate.canary import CanaryDivergence
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 # The reference's canary texts and its scores of them, or why there are none.
 ReferenceScores = tuple[list[str], list[TokenScores]] | str
+# Scores texts on one model: the backend's ``score``, or the same through the cache (``store.cache.cached_score``).
+Scorer = Callable[[Sequence[str]], list[TokenScores]]
 
 
 def canary_indices(total: int, count: int) -> list[int]:
@@ -30,23 +32,24 @@ def canary_indices(total: int, count: int) -> list[int]:
 
 
 def score_reference_canary(backend: Backend, requests: Sequence[GenerationRequest],
-                           records: Sequence[GenerationRecord], count: int) -> ReferenceScores:
-    """The reference's ``backend`` scores its own canary texts: the prompts of the ``count`` canary
-    requests followed by the reference's outputs (``records``, in request order) to them."""
+                           records: Sequence[GenerationRecord], count: int, score: Scorer | None = None) -> ReferenceScores:
+    """The reference's ``backend`` scores its own canary texts (through ``score`` when given): the prompts
+    of the ``count`` canary requests followed by the reference's outputs (``records``, in request order)."""
     if not backend.capabilities.teacher_forced_scoring:
         return f"the {backend.name} backend cannot score tokens"
     picked = canary_indices(len(requests), count) if len(requests) > count else []
     texts = [requests[i].prompt + records[i].text for i in picked if records[i].finish_reason != "error"]
-    return (texts, backend.score(texts)) if texts else "no reference canary outputs to score"
+    return (texts, (score or backend.score)(texts)) if texts else "no reference canary outputs to score"
 
 
-def canary_divergence(backend: Backend, reference_scores: ReferenceScores) -> CanaryDivergence:
-    """The variant's ``backend`` scores the reference's canary texts; pooled divergence from the reference's scores."""
+def canary_divergence(backend: Backend, reference_scores: ReferenceScores, score: Scorer | None = None) -> CanaryDivergence:
+    """The variant's ``backend`` scores the reference's canary texts (through ``score`` when given);
+    pooled divergence from the reference's scores."""
     if isinstance(reference_scores, str):
         return CanaryDivergence(None, reference_scores)
     texts, reference = reference_scores
     try:
-        reports = [compare_scores(r, v) for r, v in zip(reference, backend.score(texts))]
+        reports = [compare_scores(r, v) for r, v in zip(reference, (score or backend.score)(texts))]
     except QtestsError as error:  # e.g. a variant shipped with a different tokenizer
         return CanaryDivergence(None, str(error))
     return CanaryDivergence(pool(reports))

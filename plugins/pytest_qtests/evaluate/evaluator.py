@@ -19,7 +19,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from pytest_qtests.engines.slot import EngineSlot
 from pytest_qtests.evaluate.canary import CanaryResult, judge_canary
@@ -33,11 +33,14 @@ from pytest_qtests.evaluate.looks import SequentialRun, generate_in_looks
 from pytest_qtests.evaluate.rendering import Message, PromptRenderer
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, VariantSpec
-from pytest_qtests.store.cache import GenerationCache, cached_generate, request_keys
+from pytest_qtests.store.cache import GenerationCache, cached_generate, cached_score, request_keys
 from pytest_qtests.store.fingerprint import Fingerprint
 from pytest_qtests.store.locks import generation_lock
 from pytest_qtests.tasks.loaders import TaskData, load_task
 from pytest_qtests.tasks.registry import resolve_task_spec, task_spec_name
+
+if TYPE_CHECKING:
+    from pytest_qtests.engines.teacher_forcing import TokenScores
 
 
 @dataclass
@@ -116,6 +119,10 @@ class Evaluator:
         with _progress(len(requests), f"{variant.label} {what}") as progress, generation_lock(lock_dir, identity):
             return cached_generate(self._cache, backend, list(requests), identity, progress)
 
+    def scorer(self, variant: VariantSpec) -> Callable[[Sequence[str]], list[TokenScores]]:
+        """Teacher-forced scores of texts on ``variant``'s engine, through the cache (a re-run loads no model)."""
+        return lambda texts: cached_score(self._cache, self.engines.get(variant), texts, self.identity(variant)["hash"])
+
     def record_keys(self, variant: VariantSpec, requests: Sequence[GenerationRequest]) -> list[str]:
         """Where each request's record lives in the cache, so another process can read the run back."""
         if self._cache is None:
@@ -187,7 +194,7 @@ class Evaluator:
             canary_outcomes = grade_records(data, canary_records, canary_requests, thresholds)
             reference_outcomes = None if reference is None else self.run(reference, task_spec).outcomes
             canary = judge_canary(canary_outcomes, reference_outcomes,
-                                  canary_divergence(engine, reference_scores), len(requests))
+                                  canary_divergence(engine, reference_scores, self.scorer(variant)), len(requests))
             if not canary.passed:
                 return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
                                time.perf_counter() - started,
@@ -237,7 +244,8 @@ class Evaluator:
                 engine = self.engines.get(reference)
                 run = self.run(reference, task_spec)
                 self._reference_scores[task_spec] = score_reference_canary(
-                    engine, self.requests(reference, task_spec), run.records, self.config.canary)
+                    engine, self.requests(reference, task_spec), run.records, self.config.canary,
+                    self.scorer(reference))
         return self._reference_scores[task_spec]
 
 

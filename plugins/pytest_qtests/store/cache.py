@@ -13,7 +13,9 @@ item id is *not* part of the key (two items with the same prompt are the same ge
 
 The same file keeps what the tokenizer rendered (chat prompts, the chat template's hash), keyed by the
 model identity, which hashes every tokenizer file: a fully cached re-run then loads no tokenizer, and
-so imports neither transformers nor torch (most of such a run's time).
+so imports neither transformers nor torch (most of such a run's time). It also keeps the canary's
+teacher-forced scores (:func:`cached_score`), keyed like generations: with them a fully cached re-run
+loads no model on any backend.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from pytest_qtests.engines.base import Backend, ProgressCallback
+from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
 from pytest_qtests.store.fingerprint import content_hash
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError
 
@@ -45,6 +48,10 @@ CREATE TABLE IF NOT EXISTS generations (
 CREATE TABLE IF NOT EXISTS renderings (
     key TEXT PRIMARY KEY,
     text TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scores (
+    key TEXT PRIMARY KEY,
+    scores TEXT NOT NULL
 ) WITHOUT ROWID
 """
 
@@ -79,6 +86,12 @@ def rendering_key(model_id_hash: str, renderer: str, what: Mapping[str, object])
     """Key of one text the tokenizer rendered: ``what`` says which (a prompt's message and thinking
     switch, or the chat template); ``renderer`` names the backend and the transformers version."""
     return content_hash({"key_format": KEY_FORMAT, "model": model_id_hash, "renderer": renderer, **what})
+
+
+def score_key(model_id_hash: str, engine_version: str, text: str) -> str:
+    """Key of one text's teacher-forced scores (``TOP_K`` alternatives per position) on one model and engine."""
+    return content_hash({"key_format": KEY_FORMAT, "model": model_id_hash, "engine": engine_version, "text": text,
+                         "top_k": TOP_K})
 
 
 class GenerationCache:
@@ -156,6 +169,22 @@ class GenerationCache:
         rows = list(pairs)
         if rows:
             self._insert("INSERT INTO renderings (key, text) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", rows)
+
+    def get_scores(self, keys: Sequence[str]) -> dict[str, TokenScores]:
+        """The teacher-forced scores stored under ``keys`` (misses are absent)."""
+        found = {}
+        for key, text in self._select("scores", "scores", keys):
+            fields = json.loads(text)
+            found[key] = TokenScores(fields["token_ids"], fields["logprobs"],
+                                     [{int(token): value for token, value in top.items()} for top in fields["topk"]])
+        return found
+
+    def put_scores(self, pairs: Iterable[tuple[str, TokenScores]]) -> None:
+        """Store scores in one transaction; a key already present keeps its scores."""
+        rows = [(key, json.dumps({"token_ids": s.token_ids, "logprobs": s.logprobs, "topk": s.topk}))
+                for key, s in pairs]
+        if rows:
+            self._insert("INSERT INTO scores (key, scores) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", rows)
 
     def put_many(self, items: Mapping[str, GenerationRecord] | Iterable[tuple[str, GenerationRecord]]) -> int:
         """Store records in one transaction (all or nothing); returns how many were new.
@@ -248,3 +277,18 @@ def cached_generate(
         replace(found[key], item_id=request.item_id, sample_index=request.sample_index)
         for key, request in zip(keys, requests)
     ]
+
+
+def cached_score(cache: GenerationCache | None, backend: Backend, texts: Sequence[str],
+                 model_id_hash: str) -> list[TokenScores]:
+    """``backend.score(texts)``, scoring only the texts the cache lacks (all of them when ``cache`` is None)."""
+    if cache is None:
+        return backend.score(texts)
+    keys = [score_key(model_id_hash, backend.engine_version(), text) for text in texts]
+    found = cache.get_scores(keys)
+    missing = [(key, text) for key, text in dict(zip(keys, texts)).items() if key not in found]
+    if missing:
+        scored = list(zip([key for key, _ in missing], backend.score([text for _, text in missing])))
+        cache.put_scores(scored)
+        found.update(scored)
+    return [found[key] for key in keys]
