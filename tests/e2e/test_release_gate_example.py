@@ -10,6 +10,7 @@ paired check reads the gate's own generations (same items, prompts and sampling)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ USER_TESTS = ("test_answers_keep_the_format_our_tool_parses", "test_past_regress
               "test_ledger_is_not_worse_than_the_reference")
 GATE_TESTS = ("test_degenerate", "test_accuracy", "test_truncation", "test_length")
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def gate_example(tmp_path_factory: pytest.TempPathFactory):
@@ -32,6 +35,7 @@ def gate_example(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("release-gate")
     project = shutil.copytree(REPO / "examples" / "release-gate", work / "release-gate")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1",
+           "COLUMNS": "400",  # the short summary's lines carry the whole failure message
            "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def run(variant: str, label: str) -> tuple[int, str, dict[str, str]]:
@@ -40,7 +44,7 @@ def gate_example(tmp_path_factory: pytest.TempPathFactory):
         done = subprocess.run(
             [sys.executable, "-m", "pytest", ".", "-p", "no:cacheprovider", "-v", "-rfs", f"--cache-dir={work / 'cache'}",
              "--reference", f"bf16={ZOO / 'tiny-qwen3next'}", "--model", f"{label}={ZOO / variant}",
-             "--tasks", "ledger", "--limit", "12", "--canary", "4", "--max-tokens", "96"],
+             "--tasks", "ledger", "--limit", "8", "--canary", "4", "--max-tokens", "96"],
             cwd=project, env=env, capture_output=True, text=True, timeout=900)
         output = done.stdout + done.stderr
         outcomes = dict(re.findall(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", done.stdout, re.MULTILINE))
@@ -74,4 +78,26 @@ def test_the_broken_variant_fails_each_check_with_what_broke(gate_example):
     assert "nvfp4-broken: 3 of 3 answers unparseable" in failures, failures
     assert "nvfp4-broken: 4 past regressions are back: 999+1=1000 got" in failures, failures
     assert "nvfp4-broken: ledger accuracy 0.000 vs 1.000 reference" in failures, failures
-    assert "nvfp4-broken on ledger: canary failed after 4 of 12 generations" in output, output[-5000:]
+    assert "nvfp4-broken on ledger: canary failed after 4 of 8 generations" in output, output[-5000:]
+
+
+def test_task_items_are_the_runs_items_with_the_limit_applied(tmp_path):
+    """``qt_model.task_items`` gives a user's test the items the gate runs (``--limit`` applied, in order),
+    for a built-in task and a ``NAME=FILE`` one; an unknown task is the registry's one line."""
+    rows = [json.loads(line) for line in (ZOO / "task" / "test.jsonl").read_text().splitlines()[:3]]
+    # one file as both the model's replayed outputs and a task file (id, question, answer)
+    (tmp_path / "gold.jsonl").write_text("".join(json.dumps({**row, "output": row["answer"]}) + "\n" for row in rows))
+    (tmp_path / "test_items.py").write_text(
+        "import pytest\n"
+        "from pytest_qtests import QtestsError\n\n"
+        "def test_items(qt_model):\n"
+        f"    assert [i.item_id for i in qt_model.task_items('zoo')] == {[r['id'] for r in rows[:2]]!r}\n"
+        f"    assert [i.answer for i in qt_model.task_items('zoo=gold.jsonl')] == {[r['answer'] for r in rows[:2]]!r}\n"
+        "    with pytest.raises(QtestsError, match=\"unknown task 'nope'\"):\n"
+        "        qt_model.task_items('nope')\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "pytest", "test_items.py", "-p", "no:cacheprovider", "--no-gate",
+                           "--backend", "replay", "--model", "gold=gold.jsonl", "--tasks", "zoo", "--limit", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
