@@ -45,7 +45,7 @@ def gate_example(tmp_path_factory: pytest.TempPathFactory):
             [sys.executable, "-m", "pytest", ".", "-p", "no:cacheprovider", "-v", "-rfs", f"--cache-dir={work / 'cache'}",
              "--reference", f"bf16={ZOO / 'tiny-qwen3next'}", "--model", f"{label}={ZOO / variant}",
              "--tasks", "ledger", "--limit", "8", "--canary", "4", "--max-tokens", "96"],
-            cwd=project, env=env, capture_output=True, text=True, timeout=900)
+            cwd=project, env=env, capture_output=True, text=True, timeout=1500)
         output = done.stdout + done.stderr
         outcomes = dict(re.findall(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", done.stdout, re.MULTILINE))
         return done.returncode, output, outcomes
