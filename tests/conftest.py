@@ -50,5 +50,5 @@ def replayed_report(tmp_path_factory) -> Path:
                            "--cache-dir", "cache", "--backend", "replay", "--tasks", "zoo", "--limit", "8",
                            "--canary", "0", "--reference", "ref=org/ref", "--replay", "ref=ref.jsonl", *models,
                            "--qt-report", "report"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1 and "FAILED test_gate.py::test_accuracy[worse-zoo]" in done.stdout, done.stdout[-3000:]
+    assert done.returncode == 1 and "FAILED qtests/test_gate.py::test_accuracy[worse-zoo]" in done.stdout, done.stdout[-3000:]
     return work / "report"

@@ -8,10 +8,7 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
-from ledger import LEDGER_FILE, grade_ledger
-from pytest_qtests.records import TaskItem
+from ledger import LEDGER, grade_ledger
 
 REGRESSIONS = Path(__file__).parent / "data" / "past_regressions.jsonl"
 GREEDY = {"temperature": 0.0, "max_tokens": 96}
@@ -35,11 +32,13 @@ def test_past_regressions_still_pass(qt_model):
 
 
 def test_ledger_is_not_worse_than_the_reference(qt_model, qt_reference, qt_compare):
-    """Our in-house eval with our grader, item by item against the reference, with the gate's paired test."""
-    rows = [json.loads(line) for line in LEDGER_FILE.read_text().splitlines()]
-    items = [TaskItem(row["id"], row["prompt"], row["expected"]) for row in rows]
-    outputs = qt_model.generate([item.question for item in items])
-    reference = qt_reference.generate([item.question for item in items])
+    """Our in-house eval with our grader, item by item against the reference, with the gate's paired test.
+
+    The items are the run's (``--limit`` applies) and the prompts the task's own, so with ``--tasks ledger``
+    these are the gate's generations, read from the cache rather than made twice."""
+    items = qt_model.task_items("ledger")
+    prompts = [LEDGER.user_message(item) for item in items]
+    outputs, reference = qt_model.generate(prompts), qt_reference.generate(prompts)
     qt_compare(
         [grade_ledger(o.answer, item).correct for o, item in zip(outputs, items)],
         [grade_ledger(o.answer, item).correct for o, item in zip(reference, items)],

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
+from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, TaskItem, VariantSpec
 from pytest_qtests.tasks.graders import answer_part
 from pytest_qtests.tasks.prompts import prompt_opens_thinking
 from pytest_qtests.thinking import split_thinking
@@ -63,6 +63,12 @@ class QtModel:
     def __repr__(self) -> str:
         role = "reference" if self.is_reference else "variant"
         return f"QtModel({self.label!r}, {role}, {self.spec.source})"
+
+    def task_items(self, task: str) -> list[TaskItem]:
+        """The items of ``task`` (a registered name, or ``NAME=FILE``) exactly as this run gates them
+        (``--limit`` applied). A test that generates on them with the run's settings asks for the gate's
+        own generations, so the two share the cache instead of generating twice."""
+        return list(self._evaluator.task_data(task).items)
 
     def generate(self, prompts: Sequence[Prompt], *, max_tokens: int | None = None, temperature: float | None = None,
                  n: int = 1, thinking: bool | None = None) -> list[ModelOutput] | list[list[ModelOutput]]:

@@ -8,6 +8,7 @@ fixture, so ``-k``/``--lf`` runs generate only what the selected tests need.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ from pytest_qtests.session import SUITE_CHECKS, GateSession, Verdict
 _SESSION_KEY = pytest.StashKey[GateSession]()
 _NOTES_KEY = pytest.StashKey[str]()
 _CONTROLLER_KEY = pytest.StashKey[distributed.ControllerHooks]()
+_SUITE_FILE = Path(importlib.util.find_spec("qtests").origin).parent / "test_gate.py"  # the standard gate suite
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,20 @@ def _gate_suite_args(config: pytest.Config) -> None:
     given = config.known_args_namespace  # the command line only: a conftest's defaults do not count
     if not (given.qt_models or given.qt_reference or given.qt_suite_file):
         return  # not asked for on the command line: pytest collects what it always would
-    import importlib.util
-
-    suite = str(Path(importlib.util.find_spec("qtests").origin).parent / "test_gate.py")
+    suite = str(_SUITE_FILE)
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [suite]
     elif not config.getoption("qt_no_gate") and not _names_suite(config, suite):
         config.args.append(suite)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """The installed gate suite, collected from outside the rootdir (``pytest --model ...`` in a user's
+    project), would get an empty node id (``::test_accuracy[int4-gsm8k]``); name it as in this repo."""
+    if module_path != _SUITE_FILE or module_path.is_relative_to(parent.config.rootpath):
+        return None
+    return pytest.Module.from_parent(parent, path=module_path, nodeid=f"{_SUITE_FILE.parent.name}/{_SUITE_FILE.name}")
 
 
 def _names_suite(config: pytest.Config, suite: str) -> bool:
@@ -190,14 +199,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep each variant's tests together: one engine load per variant. (Under xdist, whole variants
     go to workers through :class:`distributed.ControllerHooks`.) Without ``--parity``, drop
-    ``test_parity`` (deselected rather than skipped, so plain runs count no extra skip)."""
+    ``test_parity``, and without a policy ``test_policy`` (deselected rather than skipped as
+    ``[NOTSET]``, so plain runs count no extra skip)."""
     if _SESSION_KEY not in config.stash:
         return
-    if gate_session(config).config.parity is None:
-        unwanted = [item for item in items if "qt_parity_case" in getattr(item, "fixturenames", ())]
-        if unwanted:
-            config.hook.pytest_deselected(items=unwanted)
-            items[:] = [item for item in items if item not in unwanted]
+    run_config = gate_session(config).config
+    idle = {"qt_parity_case"} if run_config.parity is None else set()
+    idle |= set() if run_config.policies else {"qt_policy_case"}
+    unwanted = [item for item in items if idle & set(getattr(item, "fixturenames", ()))]
+    if unwanted:
+        config.hook.pytest_deselected(items=unwanted)
+        items[:] = [item for item in items if item not in unwanted]
     order = {v.label: i for i, v in enumerate(gate_session(config).variants)}
 
     def variant_of(item: pytest.Item) -> str | None:

@@ -84,7 +84,7 @@ def test_broken_variant_fails_its_degenerate_check_and_exits_1(run_suite):
 def test_single_model_without_reference_is_evaluated_and_comparisons_skipped(run_suite):
     result = run_suite("--model", f"int4={ZOO / 'int4-default'}", "-rs")
     assert result.ret == 0
-    result.assert_outcomes(skipped=5)  # 4 comparisons, and test_policy with no --policy
+    result.assert_outcomes(skipped=4, deselected=2)  # 4 comparisons; test_policy, test_parity: no --policy, --parity
     assert "no --reference and no stored baseline" in result.stdout.str()
     assert "int4" in result.stdout.str()  # still reported in the verdict table
 
@@ -107,7 +107,7 @@ def test_reference_against_its_own_saved_baseline_passes(run_suite, pytester):
     stored = pytester.path / "store" / "bf16" / "zoo.json"
     assert json.loads(stored.read_text())["schema_version"] == 1
     compared = run_suite("--model", REFERENCE, "--baseline", "bf16", "--baseline-dir", "store")
-    compared.assert_outcomes(passed=4, skipped=1)  # test_policy: no --policy given
+    compared.assert_outcomes(passed=4, deselected=2)  # test_policy, test_parity: no --policy, no --parity
 
 
 def test_baseline_with_other_settings_is_refused_with_the_fields(run_suite, pytester):

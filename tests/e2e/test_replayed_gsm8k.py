@@ -42,8 +42,8 @@ def test_replayed_gsm8k_accuracies_and_mcnemar_match_a_hand_count(pytester: pyte
 
     output = result.stdout.str()
     assert "Traceback" not in output
-    result.assert_outcomes(passed=3, failed=1, skipped=1)  # accuracy fails; test_policy: no --policy
-    assert f"FAILED test_gate.py::test_accuracy[model-b-gsm8k={GSM8K}]" in output
+    result.assert_outcomes(passed=3, failed=1, deselected=2)  # accuracy fails; no --policy, no --parity
+    assert f"FAILED qtests/test_gate.py::test_accuracy[model-b-gsm8k={GSM8K}]" in output
     assert "28 items lost, 6 gained" in output
 
     document = json.loads((pytester.path / "report" / "results.json").read_text())
@@ -146,4 +146,4 @@ def test_gold_answers_replayed_as_the_model_and_as_lm_eval_samples_grade_alike(p
         "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", "gsm8k",
         "--model", "lmeval=samples_gsm8k.jsonl", "--baseline", "gold", "-rA", timeout=300)
     assert gated.ret == 0, gated.stdout.str()[-3000:]
-    assert "PASSED test_gate.py::test_accuracy[lmeval-gsm8k]" in gated.stdout.str()
+    assert "PASSED qtests/test_gate.py::test_accuracy[lmeval-gsm8k]" in gated.stdout.str()

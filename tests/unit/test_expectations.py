@@ -174,7 +174,7 @@ def test_expectations_alone_gate_a_model_without_reference_like_vllm_ci(pytester
                       "--expect", "gsm8k:accuracy=0.95,truncation=0.03", "--expect-rtol", "0.05", "--junitxml", "junit.xml")
     output = result.stdout.str()
     assert "Traceback" not in output
-    result.assert_outcomes(passed=1, failed=1, skipped=3)  # accuracy fails, truncation passes, 3 have nothing
+    result.assert_outcomes(passed=1, failed=1, skipped=2)  # accuracy fails, truncation passes, 2 have nothing
     assert ("model-b on gsm8k: accuracy 0.84 is below the expected 0.95 - 5% = 0.9025: fails "
             "(absolute expectation, no confidence interval) [expected in --expect gsm8k:accuracy=0.95,truncation=0.03]"
             ) in output
@@ -200,7 +200,7 @@ def test_suite_file_expectation_replaces_the_paired_check_of_its_metric_only(pyt
         '[expect.gsm8k.variants.model-b]\naccuracy = 0.9\n')
     result = run_gate(pytester, "--qt-config", "suite.toml")
     assert "Traceback" not in result.stdout.str()
-    result.assert_outcomes(passed=4, skipped=1)  # test_policy: no --policy
+    result.assert_outcomes(passed=4, deselected=2)  # test_policy, test_parity: no --policy, no --parity
     checks = checks_of(pytester, "model-b")["checks"]
     assert checks["accuracy"]["mode"] == "absolute" and checks["accuracy"]["passed"]
     assert checks["accuracy"]["limit_text"] == "0.9 - 8% = 0.828"
