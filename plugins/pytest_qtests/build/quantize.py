@@ -185,8 +185,11 @@ def kept_module_names(model: Any, recipe: Recipe) -> list[str]:
 
 
 def _fused_weights(module: Any) -> bool:
-    """A module that is no linear but holds matrices itself: transformers 5's fused MoE experts."""
-    return any(parameter.dim() >= 3 for parameter in module.parameters(recurse=False))
+    """A module that holds a stack of matrices itself: transformers 5's fused MoE experts (a convolution's
+    3-D kernel, such as linear attention's ``conv1d``, is no stack of matrices)."""
+    from torch.nn.modules.conv import _ConvNd
+
+    return not isinstance(module, _ConvNd) and any(p.dim() >= 3 for p in module.parameters(recurse=False))
 
 
 def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str | None = None,
