@@ -73,6 +73,18 @@ def test_keep_shared_expert_keeps_the_shared_expert_and_its_gate_only(keep_share
     assert "int2" in linear_formats(report, LINEAR_ATTN)
 
 
+def test_keep_experts_keeps_the_fused_routed_experts_16_bit_under_w8a8(tmp_path):
+    """transformers 5 fuses each layer's experts into one module that auto-round splits only as it runs;
+    INT8 (W8A8) also quantizes activations, which a kept layer must not get either."""
+    out = tmp_path / "keep-experts"
+    provenance = quantize(REFERENCE, out, QuantizeSettings("INT8", "keep-experts", "llm_compressor", nsamples=8,
+                                                           seqlen=128), CALIBRATION)
+    assert provenance["kept_modules"] == [f"model.layers.{n}.mlp.experts" for n in range(4)]
+    report = audit(out)
+    assert linear_formats(report, ROUTED_EXPERTS) == {"bf16"}
+    assert linear_formats(report, SELF_ATTN, SHARED_EXPERT) == {"int8"}
+
+
 def test_provenance_records_recipe_settings_inputs_and_kept_modules(keep_attn):
     provenance = json.loads((keep_attn / PROVENANCE_FILE).read_text())
     assert provenance["settings"] == {"scheme": "W4A16", "recipe": "keep-attn", "export_format": "auto_round",

@@ -32,7 +32,8 @@ def test_parse_named_and_custom_rules():
     assert parse_policy("keep-attn") == PolicyRule("keep-attn", (SELF_ATTN, LINEAR_ATTN), "16bit")
     assert parse_policy(" shared_expert = bf16 ") == PolicyRule("shared_expert = bf16", (SHARED_EXPERT,), "bf16")
     assert parse_policy("routed_experts=4bit").required == "4bit"
-    assert set(NAMED_POLICIES) == {"keep-shared-expert", "keep-linear-attn", "keep-router", "keep-lm-head", "keep-attn"}
+    assert set(NAMED_POLICIES) == {"keep-shared-expert", "keep-linear-attn", "keep-router", "keep-lm-head", "keep-attn",
+                                   "keep-experts"}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -24,6 +24,7 @@ NAMED_POLICIES: dict[str, tuple[tuple[str, ...], str]] = {
     "keep-router": ((ROUTER,), UNQUANTIZED),
     "keep-lm-head": ((LM_HEAD,), UNQUANTIZED),
     "keep-attn": ((SELF_ATTN, LINEAR_ATTN), UNQUANTIZED),
+    "keep-experts": ((ROUTED_EXPERTS,), UNQUANTIZED),
 }
 RULE_FORMATS: tuple[str, ...] = (
     "bf16", "fp16", "fp32", "fp8", "mxfp8", "int8", "int4", "int3", "int2", "nvfp4", "mxfp4",

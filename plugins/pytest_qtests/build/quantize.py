@@ -33,6 +33,11 @@ from pytest_qtests.build.recipes import (
 from pytest_qtests.records import QtestsError
 from pytest_qtests.store.atomic import atomic_write
 
+# a kept layer's activations stay 16-bit too: under a W8A8 scheme a layer kept at 16-bit weights would
+# still be packed for int8 activations, with no weight scale to pack
+KEPT_16_BIT = {"bits": 16, "act_bits": 16}
+
+
 def check_request(settings: QuantizeSettings) -> Recipe:
     """Validate scheme, recipe, format and group size before any model is loaded; returns the recipe."""
     if settings.scheme not in SCHEMES:
@@ -166,13 +171,25 @@ def kept_module_names(model: Any, recipe: Recipe) -> list[str]:
     """Names of the modules auto-round could quantize whose audit class the recipe keeps 16-bit.
 
     Exact names, not substring patterns: ``mlp.gate`` (router) must not catch ``mlp.gate_proj``, and
-    classifying with the audit covers Qwen3-Next and Qwen3.5 naming alike.
+    classifying with the audit covers Qwen3-Next and Qwen3.5 naming alike. transformers 5 stores a
+    layer's routed experts as one fused module holding 3-D weights (``mlp.experts``, no linear inside);
+    auto-round splits it into per-expert linears only once it runs, so such a module is named whole:
+    auto-round reads a name that is no linear as a pattern and matches the linears it splits out
+    (``mlp.experts.0.down_proj``...).
     """
     from auto_round.utils import SUPPORTED_LAYER_TYPES
 
     kept = set(recipe.kept_classes)
     return [name for name, module in model.named_modules()
-            if isinstance(module, SUPPORTED_LAYER_TYPES) and classify(name) in kept]
+            if classify(name) in kept and (isinstance(module, SUPPORTED_LAYER_TYPES) or _fused_weights(module))]
+
+
+def _fused_weights(module: Any) -> bool:
+    """A module that holds a stack of matrices itself: transformers 5's fused MoE experts (a convolution's
+    3-D kernel, such as linear attention's ``conv1d``, is no stack of matrices)."""
+    from torch.nn.modules.conv import _ConvNd
+
+    return not isinstance(module, _ConvNd) and any(p.dim() >= 3 for p in module.parameters(recurse=False))
 
 
 def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str | None = None,
@@ -209,7 +226,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
         source_dtype = loaded.dtype
         kept = kept_module_names(loaded, recipe)
         options: dict[str, Any] = {"iters": settings.iters, "nsamples": settings.nsamples, "seqlen": settings.seqlen,
-                                   "layer_config": {name: {"bits": 16} for name in kept}, "seed": settings.seed}
+                                   "layer_config": {name: KEPT_16_BIT for name in kept}, "seed": settings.seed}
         if settings.group_size is not None:
             options["group_size"] = settings.group_size
         if calib is not None:

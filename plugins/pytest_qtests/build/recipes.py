@@ -14,7 +14,7 @@ from pathlib import Path
 from pytest_qtests.audit.checkpoint import SHARED_EXPERT_GATE
 from pytest_qtests.audit.policies import NAMED_POLICIES
 
-SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16")
+SCHEMES: tuple[str, ...] = ("W4A16", "W8A16", "NVFP4", "MXFP4", "FP8_BLOCK", "W2A16", "W3A16", "INT8")
 FORMATS: tuple[str, ...] = ("auto_round", "auto_gptq", "llm_compressor")
 INTEGER_SCHEMES: tuple[str, ...] = ("W2A16", "W3A16", "W4A16", "W8A16")  # the only ones with a free group size
 DEFAULT_SEED = 0
@@ -44,6 +44,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("keep-attn", ("keep-attn",), "all attention kept 16-bit, like Qwen's official GPTQ releases"),
     Recipe("recommended", ("keep-shared-expert", "keep-linear-attn", "keep-router", "keep-lm-head"),
            "shared expert, linear attention, router and lm_head kept 16-bit", (SHARED_EXPERT_GATE,)),
+    # for engines with dense kernels but no quantized-MoE kernel for the format (vLLM-CPU)
+    Recipe("keep-experts", ("keep-experts",), "routed MoE experts kept 16-bit, the dense layers quantized"),
 )}
 
 
