@@ -115,7 +115,9 @@ class CheckResult:
                           ("rtol", "rtol")):
             if key in self.details:
                 props[f"{self.check}.{name}"] = self.details[key]
-        return {key: value for key, value in props.items() if value is not None}
+        # Plain Python values: xdist sends these between processes and cannot serialize numpy scalars.
+        return {key: value.item() if isinstance(value, np.generic) else value
+                for key, value in props.items() if value is not None}
 
 
 def decide(p_value: float, alpha: float, mode: str) -> bool:

@@ -212,7 +212,7 @@ def _settings_section(document: dict[str, Any], runs: Sequence[CardRun]) -> list
              f"- sampling: {_sampling_text(fingerprint['sampling'])}; thinking {'on' if fingerprint['thinking'] else 'off'}",
              f"- max tokens {fingerprint['max_tokens']}, repeats {fingerprint['repeats']}, items {'/'.join(items)}"
              + (f" (first {settings['limit']})" if settings["limit"] else ""),
-             f"- gate: {settings['gate_mode']}, alpha {settings['alpha']} per variant (Holm), tolerances {tolerances}",
+             f"- gate: {settings['gate_mode']}, alpha {settings['alpha']} per variant (accuracy-first weighted Holm), tolerances {tolerances}",
              f"- qtests {document['qtests_version']}, run {document['created_at']}"]
     for run in runs:
         stamp = run.run["fingerprint"]
@@ -273,12 +273,14 @@ def eval_results(document: dict[str, Any], runs: Sequence[CardRun]) -> list[Any]
                                     **common))
         for result in run.checks:
             ratio = is_ratio(result.check)
+            # 0.92 rather than 0.9199999999999999: 1 - alpha x weight is float arithmetic
+            confidence = None if result.confidence is None else round(result.confidence, 6)
             found.append(EvalResult(
                 metric_type=f"{result.check}_{'ratio' if ratio else 'delta'}",
                 metric_name=f"{result.check} {'ratio to' if ratio else 'difference from'} BF16",
                 metric_value=result.estimate,
                 **{**common, "metric_args": {**args, "interval": [result.ci_low, result.ci_high],
-                                             "confidence": result.confidence, "tolerance": result.limit_text,
+                                             "confidence": confidence, "tolerance": result.limit_text,
                                              "reference_value": result.reference_value,
                                              "variant_value": result.variant_value, "passed": result.passed}}))
     return found
