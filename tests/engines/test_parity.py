@@ -79,21 +79,31 @@ def test_identical_scores_agree():
 
 
 @pytest.mark.vllm
-def test_parity_of_the_zoo_reference_on_vllm_cpu_and_transformers(pytester, monkeypatch):
-    """The real engines through the plugin, the way a user runs it (one vLLM-CPU start, ~1-2 minutes)."""
+@pytest.mark.parametrize(("label", "checkpoint", "limit"), [
+    ("bf16", "tiny-qwen3next", "12"),
+    # Different kernels, same weights: vLLM's INC path on auto-round's ARK int4 kernel against transformers
+    # through auto-round's own layers. (int8-keep-experts cannot be the one: transformers 5.19 loads its
+    # BF16 experts wrongly under compressed-tensors, accuracy 0.000 where vLLM has 1.000.)
+    ("int4", "int4-keep-experts", "8"),
+])
+def test_parity_on_vllm_cpu_and_transformers(pytester, monkeypatch, label, checkpoint, limit):
+    """The real engines through the plugin, the way a user runs it (one vLLM-CPU start, ~1-3 minutes)."""
     pytest.importorskip("vllm")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # qtests sizes vLLM-CPU's KV cache itself
     result = pytester.runpytest_subprocess(
-        "--pyargs", "qtests", "--model", f"bf16={ZOO / 'tiny-qwen3next'}", "--tasks", "zoo", "--limit", "12",
+        "--pyargs", "qtests", "--model", f"{label}={ZOO / checkpoint}", "--tasks", "zoo", "--limit", limit,
         "--canary", "4", "--max-tokens", "96", "--parity", "vllm,transformers", "--engine-arg", "enforce_eager=true",
-        "--no-cache", "-k", "parity", "-p", "no:cacheprovider", "--junitxml", "junit.xml", timeout=600)
+        "--no-cache", "-k", "parity", "-p", "no:cacheprovider", "--junitxml", "junit.xml", timeout=900)
     output = result.stdout.str()
     result.assert_outcomes(passed=1)
-    assert "qtests engine parity" in output and "vllm and transformers agree on bf16 (zoo, 4 items)" in output
+    assert "qtests engine parity" in output and f"vllm and transformers agree on {label} (zoo, 4 items)" in output
     properties = {p.get("name"): float(p.get("value")) for p in ET.parse(pytester.path / "junit.xml").iter("property")}
     assert properties["parity.mean_abs_logprob_delta"] < PARITY_MAX_MEAN_ABS_DELTA
-    assert properties["parity.greedy_agreement"] == 1.0  # measured: 64/64 identical in benchmarks/parity_zoo.py
+    if label == "bf16":
+        assert properties["parity.greedy_agreement"] == 1.0  # measured: 64/64 identical in benchmarks/parity_zoo.py
+    else:  # int4 kernels differ in rounding: logprobs within the limit, some greedy tokens may differ
+        assert properties["parity.mean_abs_logprob_delta"] > 0 and 0 <= properties["parity.greedy_agreement"] <= 1
 
 
 def test_without_parity_the_parity_test_is_deselected(pytester):

@@ -1,7 +1,6 @@
 """vLLM-CPU on quantized weights: the zoo's suite-vllm (two variants with their dense layers quantized and
-the routed experts 16-bit, fixtures/README.md "Support matrix") gated by vLLM, and engine parity on one
-quantized variant: vLLM's kernels against transformers', same weights. Several engine starts (~1-3
-minutes each on a small CPU), so the runs are short."""
+the routed experts 16-bit, fixtures/README.md "Support matrix") gated by vLLM. Engine parity on one of
+them is in test_parity.py. Several engine starts (~1-3 minutes each on a small CPU), so the runs are short."""
 
 from __future__ import annotations
 
@@ -12,8 +11,6 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("vllm")
-
-from pytest_qtests.evaluate.parity import PARITY_MAX_MEAN_ABS_DELTA
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.vllm
@@ -48,18 +45,3 @@ def test_the_vllm_suite_gates_both_quantized_variants_on_vllm(pytester):
     assert set(engines) == {"bf16", *VLLM_VARIANTS}
     assert all(version.startswith("vllm ") for version in engines.values()), engines  # judged by vLLM, reference too
 
-
-def test_parity_on_a_quantized_variant_is_reported(pytester):
-    """int4-keep-experts: vLLM's INC path on its ARK int4 kernel against transformers through auto-round's
-    own inference layers. (int8-keep-experts cannot be the one: transformers 5.19 loads its BF16 experts
-    wrongly under compressed-tensors, accuracy 0.000 where vLLM has 1.000.)"""
-    result = pytester.runpytest_subprocess(
-        "--pyargs", "qtests", "--model", f"int4={ZOO / 'int4-keep-experts'}", "--tasks", "zoo", "--limit", "8",
-        "--canary", "4", "--max-tokens", "96", "--parity", "vllm,transformers", "--engine-arg", "enforce_eager=true",
-        "--no-cache", "-k", "parity", "-p", "no:cacheprovider", "--junitxml", "junit.xml", timeout=900)
-    output = result.stdout.str()
-    result.assert_outcomes(passed=1)
-    assert "qtests engine parity" in output and "vllm and transformers agree on int4 (zoo, 4 items)" in output
-    properties = {p.get("name"): float(p.get("value")) for p in ET.parse(pytester.path / "junit.xml").iter("property")}
-    assert 0 < properties["parity.mean_abs_logprob_delta"] < PARITY_MAX_MEAN_ABS_DELTA
-    assert 0 <= properties["parity.greedy_agreement"] <= 1
