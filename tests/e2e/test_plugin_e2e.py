@@ -59,7 +59,7 @@ def test_a_fully_cached_rerun_loads_no_model_and_reports_the_same(pytester, tmp_
             "--pyargs", "qtests", "--cache-dir", str(tmp_path / "cache"), *SMALL, "-p", "generation_log",
             "--reference", REFERENCE, "--model", f"int4-keep={ZOO / 'int4-keep-fragile'}", "--qt-report", run,
             timeout=600)
-        result.assert_outcomes(passed=4, skipped=1)  # test_policy: no --policy
+        result.assert_outcomes(passed=4, deselected=2)  # test_policy, test_parity: no --policy, no --parity
         lines = (tmp_path / f"{run}.jsonl").read_text().splitlines()
         runs.append(([json.loads(line)["load"] for line in lines if '"load"' in line],
                      json.loads((pytester.path / run / "results.json").read_text())))
@@ -79,6 +79,22 @@ def test_broken_variant_fails_its_degenerate_check_and_exits_1(run_suite):
     assert "teacher-forced on the reference's 8 canary texts" in output
     assert output.count("broken failed its canary on zoo after 8 of 24 generations (33.3%); full run not made") == 3
     assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(("variant", "exit_code"), [("int4-keep-fragile", 0), ("nvfp4-broken", 1)])
+def test_pytest_with_qtests_options_anywhere_runs_the_gate(pytester, shared_cache, monkeypatch, variant, exit_code):
+    """No test paths, no ``--pyargs``, an empty directory: the options alone run the standard gate suite."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not list(pytester.path.iterdir())
+    result = pytester.runpytest_subprocess(f"--cache-dir={shared_cache}", *SMALL, "-rf", "--reference", REFERENCE,
+                                           "--model", f"{variant}={ZOO / variant}", timeout=600)
+    assert result.ret == exit_code, result.stdout.str()[-3000:]
+    output = result.stdout.str()
+    assert "qtests verdicts" in output
+    if exit_code:
+        assert f"{variant} on zoo: canary failed after 8 of 24 generations (33.3%)" in output
+    else:
+        result.assert_outcomes(passed=4, deselected=2)
 
 
 def test_single_model_without_reference_is_evaluated_and_comparisons_skipped(run_suite):
