@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Generator, NoReturn
 
 import pytest
 
@@ -233,6 +233,16 @@ def qt_run(qt_case: Case, qt_session: GateSession):
     except QtestsError as error:
         failure = str(error)
     _fail(failure)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A user's test that misuses the public fixtures (``qt_model.generate("one string")``, ...) fails with
+    qtests' one line saying what to change, not a traceback through qtests' internals."""
+    report = yield
+    if call.when == "call" and call.excinfo is not None and call.excinfo.errisinstance(QtestsError):
+        report.longrepr = f"qtests: {call.excinfo.value}"
+    return report
 
 
 def _fail(message: str) -> NoReturn:

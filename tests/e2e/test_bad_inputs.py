@@ -258,6 +258,33 @@ def test_bad_hook_in_a_conftest_is_refused_in_one_line(work, case):
     assert files_in(work) == before
 
 
+USER_TESTS = {
+    "generate-one-string": ("qt_model.generate('What is 2+2?')",
+                            "var.generate takes a list of prompts, got str: wrap a single prompt as [prompt]"),
+    "generate-bad-prompt": ("qt_model.generate([{'text': 'hi'}])",
+                            "var.generate: each prompt is a string or a list of {'role': ..., 'content': ...} "
+                            "messages, got \"{'text': 'hi'}\""),
+    "generate-zero-samples": ("qt_model.generate(['hi'], n=0)",
+                              "var.generate: n and max_tokens must be >= 1 and temperature >= 0, got n=0, "
+                              "max_tokens=None, temperature=None"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_TESTS))
+def test_a_users_test_misusing_qt_model_fails_in_one_line(work, case):
+    """The user's own test calls ``qt_model`` wrongly: that test fails with qtests' line, no traceback."""
+    call, line = USER_TESTS[case]
+    (work / "test_mine.py").write_text(f"def test_mine(qt_model):\n    if not qt_model.is_reference:\n        {call}\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "test_mine.py", "-p", "no:cacheprovider", "-q",
+                           "--cache-dir", "cache", "--no-gate", *REPLAY], cwd=work, env=gate_env(),
+                          capture_output=True, text=True, timeout=300)
+    run = Run(done.returncode, done.stdout, done.stderr)
+    assert run.returncode == 1, run.stdout[-2000:]
+    assert f"qtests: {line}" in run.stdout.splitlines(), run.stdout[-2000:]
+    assert "1 failed, 1 passed" in run.stdout and "models.py" not in run.stdout
+    assert_clean(run)
+
+
 SUITE_FILES = {
     "suite-file-missing": (None, "suite file suite.toml does not exist: check --qt-config"),
     "suite-file-not-toml": ('models = ["x=org/x"\n', "suite file suite.toml is not valid TOML: "
