@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import tomllib
 from argparse import BooleanOptionalAction, Namespace
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Collection, get_args, get_type_hints
@@ -26,7 +26,7 @@ from pytest_qtests.store.cache import DEFAULT_CACHE_DIR
 from pytest_qtests.gate.expectations import build_expectations
 from pytest_qtests.evaluate.continuation import extended_cap
 from pytest_qtests.store.fingerprint import mismatch_field_names
-from pytest_qtests.gate.tolerances import parse_fail_on, parse_fail_on_mapping, parse_gate_mode
+from pytest_qtests.gate.tolerances import Tolerance, parse_fail_on, parse_fail_on_mapping, parse_gate_mode
 from pytest_qtests.evaluate.parity import parse_parity
 from pytest_qtests.records import QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.settings import DEFAULT_CANARY, RunConfig
@@ -275,77 +275,49 @@ def parse_engine_args(pairs: list[str]) -> dict[str, str]:
     return parsed
 
 
+@dataclass(frozen=True)
+class _Sources:
+    """Where a setting comes from, in order: the flags, then the suite file (paths in it are relative to it)."""
+
+    options: GateOptions
+    suite: dict[str, Any]
+    suite_path: str | None
+    base: Path
+
+    def given(self, name: str, default: Any = None) -> Any:
+        return _first(getattr(self.options, name), self.suite.get(name), default)
+
+
 def build_config(options: GateOptions) -> RunConfig:
     """Resolve the options over the suite file (a flag wins over the file's key of the same name) and the
     defaults, checking every value; the result names everything the run does."""
     suite_path = options.suite_file
-    suite = read_suite_file(Path(suite_path)) if suite_path else {}
-    base = Path(suite_path).resolve().parent if suite_path else Path.cwd()
-
-    def given(name: str, default: Any = None) -> Any:
-        return _first(getattr(options, name), suite.get(name), default)
-
-    trusted = set(suite.get("trust_remote_code", [])) | set(options.trust_remote_code or [])
-
-    def spec(text: str, where: Path | None) -> VariantSpec:
-        parsed = parse_variant(text, where)
-        return VariantSpec(parsed.label, parsed.source, parsed.revision, parsed.label in trusted)
-
-    # a --baseline flag is the stored stand-in for the suite's live reference (the CI path), so it replaces it
-    reference_text = options.reference or (None if options.baseline else suite.get("reference"))
-    reference = spec(reference_text, None if options.reference else base) if reference_text else None
-    models = [spec(t, None) for t in options.models or []] or [spec(t, base) for t in suite.get("models", [])]
-    if not models and reference is None:
-        raise QtestsError("no model to test: pass --model [LABEL=]PATH_OR_HUB_ID (or --qt-config SUITE_FILE)")
-    check_unique_labels(([reference] if reference else []) + models)
-
+    src = _Sources(options, read_suite_file(Path(suite_path)) if suite_path else {}, suite_path,
+                   Path(suite_path).resolve().parent if suite_path else Path.cwd())
+    suite, given = src.suite, src.given
+    reference, models = _variants(src)
     tasks = given("tasks", ["gsm8k"])
     if not tasks:
         raise QtestsError("--tasks is empty: name at least one task, e.g. --tasks gsm8k")
-
-    max_tokens = given("max_tokens", DEFAULT_MAX_TOKENS)
-    limit = given("limit")
-    repeats = given("repeats", 1)
-    batch_size = given("batch_size", 64)
-    for name, value in (("--max-tokens", max_tokens), ("--limit", limit), ("--repeats", repeats),
-                        ("--batch-size", batch_size)):
-        if value is not None and value < 1:
-            raise QtestsError(f"{name} must be a positive integer, got {value}: pass {name} N with N >= 1")
-    seed = given("seed", 0)
-    sampling = sampling_preset(given("sampling", "qwen-thinking"), max_tokens=max_tokens, seed=seed)
-    temperature = given("temperature")
-    if temperature is not None:
-        sampling = SamplingParams(temperature, sampling.top_p, sampling.top_k, sampling.min_p, max_tokens, seed)
-
+    max_tokens, limit, repeats, batch_size = _counts(src)
+    sampling = _sampling(src, max_tokens)
     canary = given("canary", DEFAULT_CANARY)
     if canary < 0:
         raise QtestsError(f"--canary must be 0 (off) or a positive number of items, got {canary}")
-    if temperature is not None and temperature < 0:
-        raise QtestsError(f"--temperature must be 0 (greedy) or more, got {temperature:g}")
     alpha = given("alpha", 0.05)
     if not 0 < alpha < 0.5:
         raise QtestsError(f"--alpha must lie between 0 and 0.5 (a false-alarm rate such as 0.05), got {alpha:g}")
-    untrusted = sorted(trusted - {v.label for v in ([reference] if reference else []) + models})
-    if untrusted:
-        raise QtestsError(f"--trust-remote-code names no model of this run: {', '.join(untrusted)}; "
-                          "pass the LABEL of a --model or --reference")
     allow_mismatch = options.allow_mismatch or []
     unknown_fields = sorted(set(allow_mismatch) - set(mismatch_field_names()))
     if unknown_fields:
         raise QtestsError(f"unknown --allow-mismatch field {', '.join(unknown_fields)}: "
                           f"choose from {', '.join(mismatch_field_names())}")
 
-    tolerances = parse_fail_on(DEFAULT_FAIL_ON)
-    if suite.get("fail_on"):
-        tolerances.update(parse_fail_on_mapping(suite["fail_on"], source=f"{suite_path}: fail_on"))
-    if options.fail_on:
-        tolerances.update(parse_fail_on(options.fail_on))
-
-    baseline_dir = options.baseline_dir or (str(base / suite["baseline_dir"]) if "baseline_dir" in suite else "baselines")
-    cache_dir = None if options.no_cache else Path(options.cache_dir or DEFAULT_CACHE_DIR)
+    baseline_dir = options.baseline_dir or (str(src.base / suite["baseline_dir"]) if "baseline_dir" in suite
+                                            else "baselines")
     engine_args = dict(suite.get("engine_args", {}))
     engine_args.update(parse_engine_args(options.engine_args or []))
-    replay = {label: str(base / path) for label, path in suite.get("replay", {}).items()}
+    replay = {label: str(src.base / path) for label, path in suite.get("replay", {}).items()}
     replay.update(dict(_replay_pair(p) for p in options.replay or []))
     expectations = build_expectations(
         suite.get("expect"), f"{suite_path}: expect", options.expect or [], options.expect_rtol,
@@ -353,21 +325,7 @@ def build_config(options: GateOptions) -> RunConfig:
         labels=[v.label for v in ([reference] if reference else []) + models],
         models_from_suite=not options.models and not options.reference,
     )
-    backend = given("backend", "transformers")
-    if backend not in backend_names():  # engines a hook registered included
-        where = "--backend" if options.backend else f"suite file {suite_path}: backend"
-        raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(backend_names())}, or "
-                          "add it with a pytest_qtests_register_backends hook")
-    stop_early = bool(given("stop_early", False))
-    if stop_early and not reference_text:
-        raise QtestsError("--stop-early needs a live --reference to pair each look with (a stored baseline is not "
-                          "supported with it yet): add --reference or drop --stop-early")
-    extend_truncated = given("extend_truncated")
-    if extend_truncated is not None:
-        extended_cap(max_tokens, extend_truncated)  # validates the factor
-        if backend == "replay":
-            raise QtestsError("--extend-truncated needs an engine to continue the truncated outputs; the replay "
-                              "backend only scores stored ones: drop it, or use --backend transformers/vllm/openai")
+    backend = _backend(src)
     return RunConfig(
         reference=reference,
         models=models,
@@ -382,7 +340,7 @@ def build_config(options: GateOptions) -> RunConfig:
         limit=limit,
         repeats=repeats,
         thinking=given("thinking", "on") == "on",
-        tolerances=tolerances,
+        tolerances=_tolerances(src),
         gate_mode=parse_gate_mode(given("gate_mode", "evidence-of-harm")),
         alpha=alpha,
         policies=given("policies", []),
@@ -392,13 +350,95 @@ def build_config(options: GateOptions) -> RunConfig:
         baseline_dir=Path(baseline_dir),
         save_baseline=options.save_baseline,
         allow_mismatch=allow_mismatch,
-        cache_dir=cache_dir,
+        cache_dir=None if options.no_cache else Path(options.cache_dir or DEFAULT_CACHE_DIR),
         report_dir=Path(options.report_dir) if options.report_dir else None,
         batch_size=batch_size,
         expectations=expectations,
-        extend_truncated=extend_truncated,
-        stop_early=stop_early,
+        extend_truncated=_extend_truncated(src, backend, max_tokens),
+        stop_early=_stop_early(src, live_reference=reference is not None),
     )
+
+
+def _variants(src: _Sources) -> tuple[VariantSpec | None, list[VariantSpec]]:
+    """The reference and the models under test, labels unique and ``--trust-remote-code`` naming only them."""
+    options, suite = src.options, src.suite
+    trusted = set(suite.get("trust_remote_code", [])) | set(options.trust_remote_code or [])
+
+    def spec(text: str, where: Path | None) -> VariantSpec:
+        parsed = parse_variant(text, where)
+        return VariantSpec(parsed.label, parsed.source, parsed.revision, parsed.label in trusted)
+
+    # a --baseline flag is the stored stand-in for the suite's live reference (the CI path), so it replaces it
+    reference_text = options.reference or (None if options.baseline else suite.get("reference"))
+    reference = spec(reference_text, None if options.reference else src.base) if reference_text else None
+    models = [spec(t, None) for t in options.models or []] or [spec(t, src.base) for t in suite.get("models", [])]
+    if not models and reference is None:
+        raise QtestsError("no model to test: pass --model [LABEL=]PATH_OR_HUB_ID (or --qt-config SUITE_FILE)")
+    everyone = ([reference] if reference else []) + models
+    check_unique_labels(everyone)
+    untrusted = sorted(trusted - {v.label for v in everyone})
+    if untrusted:
+        raise QtestsError(f"--trust-remote-code names no model of this run: {', '.join(untrusted)}; "
+                          "pass the LABEL of a --model or --reference")
+    return reference, models
+
+
+def _counts(src: _Sources) -> tuple[int, int | None, int, int]:
+    """``--max-tokens``, ``--limit``, ``--repeats``, ``--batch-size``: each a positive integer where given."""
+    counts = (src.given("max_tokens", DEFAULT_MAX_TOKENS), src.given("limit"), src.given("repeats", 1),
+              src.given("batch_size", 64))
+    for name, value in zip(("--max-tokens", "--limit", "--repeats", "--batch-size"), counts):
+        if value is not None and value < 1:
+            raise QtestsError(f"{name} must be a positive integer, got {value}: pass {name} N with N >= 1")
+    return counts
+
+
+def _sampling(src: _Sources, max_tokens: int) -> SamplingParams:
+    """The sampling preset at the run's cap and seed, with ``--temperature`` over the preset's."""
+    sampling = sampling_preset(src.given("sampling", "qwen-thinking"), max_tokens=max_tokens, seed=src.given("seed", 0))
+    temperature = src.given("temperature")
+    if temperature is None:
+        return sampling
+    if temperature < 0:
+        raise QtestsError(f"--temperature must be 0 (greedy) or more, got {temperature:g}")
+    return replace(sampling, temperature=temperature)
+
+
+def _tolerances(src: _Sources) -> dict[str, Tolerance]:
+    """The defaults, then the suite's ``fail_on``, then ``--fail-on``: a later one replaces a check's tolerance."""
+    tolerances = parse_fail_on(DEFAULT_FAIL_ON)
+    if src.suite.get("fail_on"):
+        tolerances.update(parse_fail_on_mapping(src.suite["fail_on"], source=f"{src.suite_path}: fail_on"))
+    if src.options.fail_on:
+        tolerances.update(parse_fail_on(src.options.fail_on))
+    return tolerances
+
+
+def _backend(src: _Sources) -> str:
+    backend = src.given("backend", "transformers")
+    if backend not in backend_names():  # engines a hook registered included
+        where = "--backend" if src.options.backend else f"suite file {src.suite_path}: backend"
+        raise QtestsError(f"{where}: unknown backend {backend!r}: choose one of {', '.join(backend_names())}, or "
+                          "add it with a pytest_qtests_register_backends hook")
+    return backend
+
+
+def _stop_early(src: _Sources, live_reference: bool) -> bool:
+    stop_early = bool(src.given("stop_early", False))
+    if stop_early and not live_reference:
+        raise QtestsError("--stop-early needs a live --reference to pair each look with (a stored baseline is not "
+                          "supported with it yet): add --reference or drop --stop-early")
+    return stop_early
+
+
+def _extend_truncated(src: _Sources, backend: str, max_tokens: int) -> float | None:
+    extend_truncated = src.given("extend_truncated")
+    if extend_truncated is not None:
+        extended_cap(max_tokens, extend_truncated)  # validates the factor
+        if backend == "replay":
+            raise QtestsError("--extend-truncated needs an engine to continue the truncated outputs; the replay "
+                              "backend only scores stored ones: drop it, or use --backend transformers/vllm/openai")
+    return extend_truncated
 
 
 def _replay_pair(text: str) -> tuple[str, str]:

@@ -168,10 +168,10 @@ COMMAND_LINES = {
     "temperature-negative": (REPLAY + ["--temperature", "-0.5"], "--temperature must be 0 (greedy) or more, got -0.5"),
     "unknown-policy": (REPLAY + ["--policy", "keep-everything"],
                        "unknown policy 'keep-everything': use one of keep-shared-expert, keep-linear-attn, "
-                       "keep-router, keep-lm-head, keep-attn or CLASS=FORMAT"),
+                       "keep-router, keep-lm-head, keep-attn, keep-experts or CLASS=FORMAT"),
     "unknown-policy-in-a-list": (REPLAY + ["--policy", "keep-shared-expert,keep-everything"],
                                  "unknown policy 'keep-everything': use one of keep-shared-expert, keep-linear-attn, "
-                                 "keep-router, keep-lm-head, keep-attn or CLASS=FORMAT"),
+                                 "keep-router, keep-lm-head, keep-attn, keep-experts or CLASS=FORMAT"),
     "trust-remote-code-for-no-model": (REPLAY + ["--trust-remote-code", "vra"],
                                        "--trust-remote-code names no model of this run: vra; "
                                        "pass the LABEL of a --model or --reference"),
