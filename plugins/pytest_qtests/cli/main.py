@@ -15,7 +15,7 @@ from pytest_qtests.records import QtestsError
 # Modules providing a ``register(subparsers)`` function, each adding one subcommand.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "pytest_qtests.cli.baseline",
-    "pytest_qtests.gate.plan",
+    "pytest_qtests.cli.plan",
     "pytest_qtests.cli.audit",
     "pytest_qtests.cli.diagnose",
     "pytest_qtests.cli.quantize",
