@@ -6,6 +6,7 @@ Knows nothing of pytest: the plugin turns :class:`Verdict` objects into passes, 
 from __future__ import annotations
 
 import statistics
+from functools import partial
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,9 +104,10 @@ class GateSession:
             found = "this is the reference itself"
         else:
             found = "no --reference and no stored baseline (--baseline NAME_OR_PATH): nothing to compare with"
-        if isinstance(found, ReferenceOutcomes) and self.run(variant, task).sequential is not None:
+        run = self.run(variant, task) if isinstance(found, ReferenceOutcomes) else None
+        if run is not None and run.sequential is not None:
             # --stop-early: the variant stopped after some looks; pair with the reference on those items only.
-            evaluated = {o.item_id for o in self.run(variant, task).outcomes}
+            evaluated = {o.item_id for o in run.outcomes}
             found = ReferenceOutcomes([o for o in found.outcomes if o.item_id in evaluated], found.source,
                                       found.length_unit)
         self._references[key] = found
@@ -143,9 +145,8 @@ class GateSession:
             results = run_checks(reference.outcomes, run.outcomes, paired, self.config.alpha,
                                  self.config.gate_mode, seed=self.config.sampling.seed)
             flat += [(task, result) for result in results]
-            recomputes += [(recompute, result.check) for result in results]
-        family = apply_gatekeeping([result for _, result in flat],
-                                   lambda i, level: recomputes[i][0](recomputes[i][1], level))
+            recomputes += [partial(recompute, result.check) for result in results]
+        family = apply_gatekeeping([result for _, result in flat], lambda i, level: recomputes[i](level))
         for (task, _), result in zip(flat, family):
             by_task.setdefault(task, {})[result.check] = result
         self._checks[variant.label] = by_task
