@@ -228,17 +228,17 @@ def simulate_one(task: tuple[int, int, float, str]) -> dict[str, object]:
     weighted = weighted_holm(lambda j, level: p_values[j] <= level, weights, ALPHA)
     holm = [p <= ALPHA for p in holm_adjust(p_values)]
 
-    gate = SequentialGate(sequential_checks(data, tolerances), ALPHA)
+    gate = SequentialGate(sequential_checks(data, tolerances), ALPHA, items_planned=n)
     differences = [paired_differences(CHECKS[c].kind, *data[c]) for c in FAMILY]
     start = 0
     for end in look_ends(n):
         gate.observe([d[start:end] for d in differences])
         start = end
-        if gate.decided:
+        if gate.settled:
             break
-    verdicts = [state.verdict for state in gate.states]
+    verdicts = [state.verdict or "INCONCLUSIVE" for state in gate.states]  # open at an early stop: INCONCLUSIVE
     if not gate.decided:
-        levels = gate.finish(lambda j, level: p_values[j] <= level)
+        levels = gate.finish(lambda j, level: p_values[j] <= level)  # the fixed-n test only at the end of the items
         for j, level in enumerate(levels):
             if level is not None:
                 verdicts[j] = "FAIL" if p_values[j] <= level else "INCONCLUSIVE"
@@ -247,14 +247,8 @@ def simulate_one(task: tuple[int, int, float, str]) -> dict[str, object]:
         "fixed_weighted_fail": any(weighted.rejected), "fixed_holm_fail": any(holm),
         "fixed_accuracy_fail": weighted.rejected[0],
         "sequential_fail": "FAIL" in verdicts, "sequential_accuracy": verdicts[0],
-        "items_used": gate.items, "items_to_verdict": _items_to_verdict(gate, n),
+        "items_used": gate.items, "stopped": gate.stop_reason,
     }
-
-
-def _items_to_verdict(gate: SequentialGate, n: int) -> int:
-    """Items after which the variant's verdict was settled: its first FAIL, or every check decided."""
-    fails = [s.decided_items for s in gate.states if s.verdict == "FAIL"]
-    return min(fails) if fails else gate.items if gate.decided else n
 
 
 def _rate(values: list[bool]) -> str:
@@ -289,16 +283,16 @@ def sequential_main(args: argparse.Namespace) -> None:
           f"{args.runs} runs each. Share of runs that FAILED the variant, and the sequential gate's "
           f"average share of items generated:\n")
     print(f"{'n':>6}{'drop pp':>8}{'sequential':>16}{'fixed, weighted':>18}{'fixed, Holm':>16}{'items used':>12}"
-          f"{'to verdict':>12}{'seq. acc. inconclusive':>24}")
+          f"{'futility stops':>16}{'seq. acc. inconclusive':>24}")
     for n in drop_sizes:
         for drop in DROPS:
             rows = [r for r in dropped if r["n"] == n and r["drop"] == drop]
             used = np.mean([r["items_used"] / n for r in rows])
             inconclusive = np.mean([r["sequential_accuracy"] == "INCONCLUSIVE" for r in rows])
-            to_verdict = np.mean([r["items_to_verdict"] / n for r in rows])
+            futile = np.mean([r["stopped"] == "no FAIL within reach of the open checks" for r in rows])
             print(f"{n:>6}{drop * 100:>8g}{_rate([r['sequential_fail'] for r in rows]):>16}"
                   f"{_rate([r['fixed_weighted_fail'] for r in rows]):>18}{_rate([r['fixed_holm_fail'] for r in rows]):>16}"
-                  f"{used:>12.2f}{to_verdict:>12.2f}{inconclusive:>24.2f}")
+                  f"{used:>12.2f}{futile:>16.2f}{inconclusive:>24.2f}")
     print(f"\n({time.perf_counter() - started:.0f} s, {args.workers} workers)")
     print(json.dumps({"runs": args.runs, "false_alarm_runs": args.false_alarm_runs, "results": len(results)}))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import zoo_bench
 
 sys.path.insert(0, str(zoo_bench.REPO / "tests"))
-from gsm8k_replays import GSM8K, MAX_TOKENS, a_output, b_output, gsm8k_rows, with_final_answer, gold_of, write_replay  # noqa: E402
+from gsm8k_replays import GSM8K, MAX_TOKENS, a_output, b_output, c_output, gsm8k_rows, write_replay  # noqa: E402
 
 
 def results(report: Path) -> dict:
@@ -103,14 +103,6 @@ def zoo() -> None:
           f"wall {fixed['seconds']:.0f} s vs {early['seconds']:.0f} s")
     print(json.dumps({"zoo": found, "totals": totals, "reference_needed_tokens": needed, "identical": same,
                       "machine": zoo_bench.machine()}))
-
-
-def c_output(index: int, solution: str, sample: int = 0) -> tuple[str, str]:
-    """Model C: model A, and every 9th item (from 5) off by one more: a variant that only loses items."""
-    text, finish = a_output(index, solution, sample)
-    if index % 9 == 5 and index % 25 != 7:
-        return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 1)), "stop"
-    return text, finish
 
 
 def gsm8k() -> None:

@@ -13,8 +13,8 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from gsm8k_replays import (GSM8K, MAX_TOKENS, N_ITEMS, a_output, b_output, gold_of, gsm8k_rows, hand_count,
-                           with_final_answer, write_replay)
+from gsm8k_replays import (GSM8K, MAX_TOKENS, N_ITEMS, a_output, b_output, c_output, gold_of, gsm8k_rows,
+                           hand_count, with_final_answer, write_replay)
 from scipy.stats import binomtest
 
 pytest_plugins = ["pytester"]
@@ -147,3 +147,37 @@ def test_gold_answers_replayed_as_the_model_and_as_lm_eval_samples_grade_alike(p
         "--model", "lmeval=samples_gsm8k.jsonl", "--baseline", "gold", "-rA", timeout=300)
     assert gated.ret == 0, gated.stdout.str()[-3000:]
     assert "PASSED qtests/test_gate.py::test_accuracy[lmeval-gsm8k]" in gated.stdout.str()
+
+
+@pytest.mark.parametrize(("variant", "make", "fails"), [("model-b", b_output, True), ("model-c", c_output, True),
+                                                        ("model-a-again", a_output, False)])
+def test_stop_early_decides_a_10_point_loss_within_a_fifth_of_gsm8k_and_passes_a_model_against_itself(
+        pytester: pytest.Pytester, monkeypatch, variant, make, fails):
+    """Must-show of ``--stop-early`` on real outputs: over all 1319 GSM8K items, a variant 10+ points worse
+    than model A is decided FAIL after at most 20% of the items; model A against itself raises no false
+    alarm and stops long before the end (no FAIL within reach)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = gsm8k_rows(1319)
+    a_correct, _ = hand_count(rows, write_replay(pytester.path / "a.jsonl", rows, a_output))
+    v_correct, _ = hand_count(rows, write_replay(pytester.path / "v.jsonl", rows, make))
+    assert (sum(a_correct) - sum(v_correct)) / 1319 >= (0.10 if fails else 0.0) - 1e-9
+
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", f"gsm8k={GSM8K}",
+        "--limit", "1319", "--max-tokens", str(MAX_TOKENS), "--stop-early", "--canary", "0",
+        "--reference", "model-a=example/model-a", "--model", f"{variant}=example/{variant}",
+        "--replay", "model-a=a.jsonl", "--replay", f"{variant}=v.jsonl", "--qt-report", "report", timeout=300)
+    output = result.stdout.str()
+    assert "Traceback" not in output and result.ret == (1 if fails else 0), output[-3000:]
+    run = next(r for r in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]
+               if r["variant"] == variant)
+    sequential, accuracy = run["sequential"], run["checks"]["accuracy"]
+    assert run["items_planned"] == sequential["items_planned"] == 1319
+    assert run["items_evaluated"] == sequential["items_evaluated"] <= 4 * 66  # four looks of 5% (66 items): 20.0%
+    if fails:
+        assert accuracy["verdict"] == "FAIL" and sequential["stopped"] == "a check failed"
+        assert accuracy["decided_look"] <= 4 and "anytime-valid" in accuracy["method"]
+    else:
+        assert {check["verdict"] for check in run["checks"].values()} <= {"PASS", "INCONCLUSIVE"}
+        assert sequential["stopped"] == "no FAIL within reach of the open checks"
+        assert all(chance < 0.05 for chance in sequential["fail_chances"].values())

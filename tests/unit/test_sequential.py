@@ -233,6 +233,71 @@ def test_checks_without_a_bounded_form_wait_for_the_end():
     assert gate.finish(lambda j, level: False)[1] == pytest.approx((1 - sequential.SEQUENCE_SHARE) * 0.05)
 
 
+def _run_to_settled(gate, differences, n):
+    start = 0
+    for end in sequential.look_ends(n):
+        gate.observe([d[start:end] for d in differences])
+        start = end
+        if gate.settled:
+            break
+    return gate
+
+
+def test_an_unchanged_variant_stops_once_no_fail_is_within_reach():
+    """Evidence of harm: rates at zero in both models can never be shown within +2 pp at 320 items, but a
+    FAIL is out of reach long before the end, so the run stops there and every check stays open."""
+    n = 320
+    zeros = np.zeros(n)
+    gate = sequential.SequentialGate(_family(margins=(-0.03, 0.03, sequential.share_of_ratio(1.1), 0.02)), 0.05,
+                                     items_planned=n)
+    _run_to_settled(gate, [zeros] * 4, n)
+    assert gate.settled and not gate.decided and gate.items <= 0.3 * n
+    assert gate.stop_reason == "no FAIL within reach of the open checks"
+    assert all(s.out_of_reach and s.fail_chance < sequential.FUTILITY for s in gate.states)
+
+
+def test_without_a_planned_end_or_in_non_inferiority_only_decisions_stop_the_run():
+    n = 320
+    zeros = np.zeros(n)
+    for gate in (sequential.SequentialGate(_family(), 0.05),
+                 sequential.SequentialGate(_family(), 0.05, mode="non-inferiority", items_planned=n)):
+        _run_to_settled(gate, [zeros] * 4, n)
+        assert all(s.fail_chance is None for s in gate.states) and gate.stop_reason != "no FAIL within reach of the open checks"
+
+
+def test_the_first_fail_settles_the_variant_with_the_other_checks_still_open():
+    rng = np.random.default_rng(3)
+    n = 1000
+    accuracy = rng.choice([-1.0] * 4 + [0.0] * 16, size=n)
+    truncation = rng.choice([1.0] + [0.0] * 9, size=n)  # +10 pp against a +5 pp margin: would fail, later
+    gate = _run_to_settled(sequential.SequentialGate(_family(), 0.05, items_planned=n),
+                           [accuracy, truncation, np.zeros(n), np.zeros(n)], n)
+    states = {s.check.name: s for s in gate.states}
+    assert states["accuracy"].verdict == "FAIL" and gate.items == states["accuracy"].decided_items <= 0.1 * n
+    assert gate.stop_reason == "a check failed" and states["truncation"].verdict is None
+
+
+@SETTINGS
+@given(st.integers(10, 400), st.integers(1, 600), st.floats(-0.2, 0.2), st.sampled_from(["lower", "higher"]))
+def test_the_predicted_fail_chance_grows_as_the_trend_turns_worse(n, left, shift, worse):
+    rng = np.random.default_rng(n)
+    base = rng.choice([-1.0, 0.0, 0.0, 0.0, 1.0], size=n)
+    toward_harm = -1.0 if worse == "lower" else 1.0
+    chances = [sequential.predictive_fail_probability(np.clip(base + toward_harm * step, -1, 1), n + left, 0.02 * toward_harm,
+                                                      worse, 0.01) for step in (0.0, abs(shift), 2 * abs(shift))]
+    assert all(0.0 <= c <= 1.0 for c in chances)
+    assert chances[0] <= chances[1] + 1e-12 <= chances[2] + 2e-12
+
+
+def test_the_predicted_fail_chance_is_near_one_far_beyond_the_margin_and_near_zero_well_inside():
+    beyond = np.concatenate([np.full(20, -1.0), np.zeros(80)])  # -20 pp against -3 pp, 100 of 320 items seen
+    inside = np.zeros(100)
+    assert sequential.predictive_fail_probability(beyond, 320, -0.03, "lower", 0.02) > 0.99
+    assert sequential.predictive_fail_probability(inside, 320, -0.03, "lower", 0.02) < 0.01
+    with pytest.raises(ValueError, match="items left"):
+        sequential.predictive_fail_probability(inside, 100, -0.03, "lower", 0.02)
+
+
 def test_observe_refuses_looks_of_unequal_size():
     gate = sequential.SequentialGate(_family(), 0.05)
     with pytest.raises(ValueError, match="same items"):

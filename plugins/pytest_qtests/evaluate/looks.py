@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from pytest_qtests.gate.sequential import (
+    FUTILITY,
+    FUTILITY_FROM,
     SEQUENCE_SHARE,
     SequentialCheck,
     SequentialGate,
@@ -45,7 +47,9 @@ class SequentialRun:
     def to_dict(self) -> dict[str, Any]:
         return {"items_planned": self.items_planned, "items_evaluated": self.items_evaluated,
                 "looks_planned": self.looks_planned, "looks_used": self.looks_used,
-                "decided_looks": dict(self.decided_looks), "stopping_rule": self.rule}
+                "decided_looks": dict(self.decided_looks), "stopped": self.gate.stop_reason,
+                "fail_chances": {s.check.name: s.fail_chance for s in self.gate.states if s.verdict is None},
+                "stopping_rule": self.rule}
 
 
 def stopping_rule(n_items: int, alpha: float, mode: str) -> str:
@@ -54,7 +58,9 @@ def stopping_rule(n_items: int, alpha: float, mode: str) -> str:
     step = ends[0] if len(ends) > 1 else n_items
     return (f"{mode}: a look every {step} items ({len(ends)} looks) in seeded random order; per check a betting "
             f"confidence sequence (ville BettingCS) at {SEQUENCE_SHARE:g} of its level, the rest to the fixed-n "
-            f"test at the end; stop when every check is decided; family alpha {alpha:g} "
+            f"test at the end; stop at the first FAIL, when every check is decided"
+            f"{f', or (from {FUTILITY_FROM:.0%} of the items) when every open check has a predictive FAIL chance below {FUTILITY:g}' if mode == 'evidence-of-harm' else ''}"
+            f"; family alpha {alpha:g} "
             f"({'accuracy-first weighted Holm' if mode == 'evidence-of-harm' else 'each check at alpha'})")
 
 
@@ -88,7 +94,8 @@ def generate_in_looks(
     generate: Callable[[list[GenerationRequest]], list[GenerationRecord]],
     grade: Callable[[list[GenerationRecord], list[GenerationRequest]], list[ItemOutcome]],
 ) -> tuple[list[GenerationRequest], list[GenerationRecord], list[ItemOutcome], SequentialRun]:
-    """Generate and grade look by look until every check is decided or the items run out.
+    """Generate and grade look by look until the variant's verdict is settled (:attr:`SequentialGate.settled`)
+    or the items run out.
 
     Returns the requests asked, their records and outcomes (in look order) and the run's account.
     Relative rate tolerances (``accuracy:-2%``) take the reference's rate on the items seen so far.
@@ -102,7 +109,7 @@ def generate_in_looks(
     for outcome in reference:
         reference_of.setdefault(outcome.item_id, []).append(outcome)
     names = list(tolerances)
-    gate = SequentialGate(sequential_checks(tolerances, {}), alpha, mode)
+    gate = SequentialGate(sequential_checks(tolerances, {}), alpha, mode, items_planned=len(order))
     asked: list[GenerationRequest] = []
     records: list[GenerationRecord] = []
     outcomes: list[ItemOutcome] = []
@@ -127,7 +134,7 @@ def generate_in_looks(
         ]
         gate.observe(differences, [check.margin for check in sequential_checks(tolerances, rates)])
         start = end
-        if gate.decided:
+        if gate.settled:
             break
     run = SequentialRun(
         items_planned=len(order), items_evaluated=start, looks_planned=len(ends), looks_used=gate.looks, gate=gate,

@@ -1,8 +1,9 @@
 """A ``--stop-early`` run's checks as :class:`CheckResult` objects, like a fixed run's.
 
 A check its confidence sequence decided keeps that sequence's interval and level (the interval the
-decision used); a check still open at the end of the items goes to the fixed-n test with what is left of
-its budget (:meth:`SequentialGate.finish`) and is reported at that level.
+decision used); a check still open at the end of the items goes to the fixed-n test with what is left
+of its budget (:meth:`SequentialGate.finish`) and is reported at that level; one still open when the run
+stopped before the end is reported INCONCLUSIVE on its sequence, with where and why the run stopped.
 """
 
 from __future__ import annotations
@@ -27,14 +28,22 @@ def sequential_results(gate: SequentialGate, recompute: Recompute) -> dict[str, 
     fallback = gate.finish(lambda j, level: recompute(names[j], level).verdict == "FAIL")
     results = {}
     for state, level in zip(gate.states, fallback):
-        if state.verdict is not None:
-            results[state.check.name] = _from_sequence(recompute(state.check.name, state.level), state)
+        if state.interval is not None:
+            results[state.check.name] = _from_sequence(recompute(state.check.name, state.level), state, gate)
         else:
             results[state.check.name] = recompute(state.check.name, level)
     return results
 
 
-def _from_sequence(base: CheckResult, state: CheckState) -> CheckResult:
+def _when(state: CheckState, gate: SequentialGate) -> str:
+    """When the sequence decided, or where the run stopped with the check still open and why."""
+    if state.verdict is not None:
+        return f"decided after {state.decided_items} of {gate.items_planned or state.decided_items} items"
+    chance = f", its predictive chance of a FAIL by the end {state.fail_chance:.1%}" if state.fail_chance is not None else ""
+    return f"open when the run stopped after {gate.items} of {gate.items_planned} items: {gate.stop_reason}{chance}"
+
+
+def _from_sequence(base: CheckResult, state: CheckState, gate: SequentialGate) -> CheckResult:
     """``base`` (the fixed-n facts at the sequence's level) with the sequence's interval and verdict."""
     assert state.interval is not None and state.level is not None and state.sequence is not None
     spec = CHECK_SPECS[base.check]
@@ -54,6 +63,6 @@ def _from_sequence(base: CheckResult, state: CheckState) -> CheckResult:
         base, estimate=estimate, ci_low=low, ci_high=high, confidence=1 - 2 * state.level, verdict=verdict,
         passed=passes(verdict, base.mode), decided_look=state.decided_look, p_value=None,
         method="betting confidence sequence (ville BettingCS), anytime-valid",
-        summary=f"{spec.description} {values} reference ({shift}, decided after {state.decided_items} of {base.n_items} items)",
+        summary=f"{spec.description} {values} reference ({shift}, {_when(state, gate)})",
         evidence=base.evidence)
     return dataclasses.replace(result, message=verdict_message(result))

@@ -22,6 +22,18 @@ against 1/2, see BENCHMARKS.md). Decisions per check, with ``lo, hi`` the sequen
 - PASS when it lies wholly on the good side (within the margin shown);
 - otherwise undecided, and at the end of the items the fixed-n test decides.
 
+When the run stops (:attr:`SequentialGate.settled`): as soon as the variant's verdict is settled, not
+when every label is. That is at its first FAIL (in either gate mode the variant has failed; further
+labels cannot change it), when every check is decided, or, in ``evidence-of-harm`` mode, when every
+check still open is *out of reach of a FAIL*: its predictive probability of showing harm by the end of
+the planned items (:func:`predictive_fail_probability`) is below :data:`FUTILITY` (asked from
+:data:`FUTILITY_FROM` of the planned items on). Such a check would end
+PASS or INCONCLUSIVE, and this mode passes both, so the items left cannot change the verdict unless the
+variant turns worse from here on than it was so far. That futility stop is *non-binding* in the
+trials sense: it only ever ends a run without a FAIL, so it cannot add a false alarm; what it costs is
+power against a harm the first items hide, measured in ``benchmarks/power.py --sequential``
+(BENCHMARKS.md section 5). Checks open at a stop go to the fixed-n test on the items seen.
+
 Error budget: each check ``j`` has a level ``a_j`` from :mod:`pytest_qtests.gate.gatekeeping` (evidence
 of harm: accuracy-first weighted Holm; non-inferiority: ``alpha`` each, as every claim must hold).
 :data:`SEQUENCE_SHARE` of it goes to the sequence (each end one-sided at that level, matching the
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -48,6 +61,13 @@ BET_CAP = 0.75  # WSR's truncation c
 GRID_POINTS = 4001  # candidate means on [-1, 1]: 0.0005 apart, far below any margin
 LOOK_SHARE = 0.05  # a look every 5% of the items...
 MIN_LOOK_ITEMS = 8  # ...but no fewer items than this per look
+# Evidence of harm: an open check whose predictive probability of a FAIL by the end is below this no longer
+# holds the run (a common futility bound on predictive probability; lower keeps more power, costs more items).
+FUTILITY = 0.05
+# ...and not before this share of the planned items: the prediction extrapolates the items seen, and a harm
+# that touches 3% of items is absent from the first 66 of 1319 one run in seven (futility looks in trials
+# start at a quarter to a half of the information for the same reason).
+FUTILITY_FROM = 0.2
 
 
 def look_ends(n_items: int, look_items: int | None = None) -> list[int]:
@@ -87,6 +107,31 @@ def paired_differences(kind: Literal["rate", "ratio"], reference: np.ndarray, va
         return variant - reference
     total = reference + variant
     return np.divide(variant - reference, total, out=np.zeros_like(total), where=total > 0)
+
+
+def predictive_fail_probability(
+    differences: np.ndarray, items_planned: int, margin: float, worse: Literal["lower", "higher"], level: float
+) -> float:
+    """Chance that the fixed-n test at ``items_planned`` items shows harm beyond ``margin``, predicted from the items so far.
+
+    The Bayesian predictive probability (flat prior, normal approximation; Spiegelhalter, Freedman &
+    Blackburn 1986) that the one-sided test at ``level`` on all planned items FAILs, given the ``n``
+    paired differences seen: the remaining ``m`` items' sum is predicted as normal with mean ``m * mean``
+    and variance ``m s^2 (1 + m / n)``, the second term carrying the uncertainty of the mean itself, so
+    early looks are not over-trusted. ``s^2`` counts one extra unit of spread (``(SS + 1) / (n + 1)``):
+    a check whose items all agreed so far (rates at zero in both models) still has a chance to move.
+    """
+    differences = np.asarray(differences, dtype=float)
+    n = differences.size
+    remaining = items_planned - n
+    if n == 0 or remaining <= 0:
+        raise ValueError(f"needs items seen and items left, got {n} of {items_planned}")
+    mean = float(differences.mean())
+    spread = math.sqrt((float(((differences - mean) ** 2).sum()) + 1.0) / (n + 1))
+    beyond = (mean - margin) if worse == "higher" else (margin - mean)  # > 0: the trend is past the margin
+    z = NormalDist().inv_cdf(1.0 - level)
+    numerator = items_planned * beyond - z * spread * math.sqrt(items_planned)
+    return NormalDist().cdf(numerator / (spread * math.sqrt(remaining * (1.0 + remaining / n))))
 
 
 class ConfidenceSequence:
@@ -160,6 +205,12 @@ class CheckState:
     decided_items: int | None = None
     interval: tuple[float, float] | None = None
     level: float | None = None
+    fail_chance: float | None = None  # evidence of harm, while open: predictive probability of a FAIL by the end
+
+    @property
+    def out_of_reach(self) -> bool:
+        """Open, and a FAIL by the end of the items has become too unlikely to hold the run for."""
+        return self.verdict is None and self.fail_chance is not None and self.fail_chance < FUTILITY
 
 
 @dataclass
@@ -168,11 +219,14 @@ class SequentialGate:
 
     ``mode`` is the gate mode: ``"evidence-of-harm"`` shares ``alpha`` over the checks with accuracy-first
     weighted Holm (FAILs hand their budget on); ``"non-inferiority"`` gives every check ``alpha``.
+    ``items_planned``: the items the run would evaluate in full (the futility stop needs it; without it
+    only decisions stop the run).
     """
 
     checks: Sequence[SequentialCheck]
     alpha: float
     mode: str = "evidence-of-harm"
+    items_planned: int | None = None
     states: list[CheckState] = field(init=False)
     looks: int = field(init=False, default=0)
     items: int = field(init=False, default=0)
@@ -190,6 +244,28 @@ class SequentialGate:
     @property
     def decided(self) -> bool:
         return all(state.verdict is not None for state in self.states)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the variant's verdict is settled: a check FAILed, or every check is decided or out of reach of a FAIL."""
+        return any(s.verdict == "FAIL" for s in self.states) or all(
+            s.verdict is not None or s.out_of_reach for s in self.states)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the run ended before the planned items (always a settled run)."""
+        return self.items_planned is not None and self.items < self.items_planned
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the run stopped (or would stop) here, for reports."""
+        if any(s.verdict == "FAIL" for s in self.states):
+            return "a check failed"
+        if self.decided:
+            return "every check decided"
+        if self.settled:
+            return "no FAIL within reach of the open checks"
+        return "end of the items"
 
     def _sequence_verdict(self, state: CheckState, level: float) -> Verdict:
         assert state.sequence is not None
@@ -224,6 +300,20 @@ class SequentialGate:
         else:
             for state in open_:
                 self._settle(state, self._sequence_verdict(state, self.alpha), self.alpha)
+        self._predict()
+
+    def _predict(self) -> None:
+        """Evidence of harm: each open check's predictive probability of a FAIL by the end of the items (none at the end)."""
+        predicting = (self.mode == "evidence-of-harm" and self.items_planned is not None
+                      and FUTILITY_FROM * self.items_planned <= self.items < self.items_planned)
+        share = 1.0 - SEQUENCE_SHARE
+        for state in self.states:
+            state.fail_chance = None
+            if predicting and state.verdict is None and state.sequence is not None:
+                assert self.items_planned is not None
+                state.fail_chance = predictive_fail_probability(
+                    state.sequence.differences(), self.items_planned, state.check.margin, state.check.worse,
+                    share * state.weight * self.alpha)
 
     def _settle(self, state: CheckState, verdict: Verdict, level: float) -> None:
         if verdict == "INCONCLUSIVE":
@@ -244,13 +334,22 @@ class SequentialGate:
         failed.weight = 0.0
 
     def finish(self, fixed_rejects: Callable[[int, float], bool]) -> list[float | None]:
-        """The end of the items: the open checks go to the fixed-n test, with what is left of their budget.
+        """The run's end: the open checks go to the fixed-n test, with what is left of their budget.
 
         ``fixed_rejects(i, level)`` runs check ``i``'s fixed-n test (the gate mode's one-sided test) at
         ``level``. Returns, per check, the level its fixed-n test ran at (``None`` for checks decided by
         their sequence); the caller computes the verdicts and intervals at those levels.
+
+        A run that stopped before the end of the items (:attr:`stopped_early`) keeps its open checks on
+        their sequences instead (INCONCLUSIVE, with the sequence's current interval and level): a
+        fixed-n test at a stop the data chose is not valid, the sequences are at any stop. Only checks
+        with no sequence (``length_p95``, open only when a FAIL stopped the run) take the fixed-n test
+        on the items seen.
         """
-        open_idx = [i for i, s in enumerate(self.states) if s.verdict is None]
+        for state in self.states:
+            if self.stopped_early and state.verdict is None and state.sequence is not None:
+                state.interval, state.level = state.sequence.bounds(), state.sequence.level
+        open_idx = [i for i, s in enumerate(self.states) if s.verdict is None and s.interval is None]
         share = 1.0 - SEQUENCE_SHARE
         if self.mode == "evidence-of-harm":
             allocation = weighted_holm(
