@@ -200,6 +200,9 @@ class GateSession:
         result = self.checks(variant).get(task, {}).get(check)
         if result is None:
             return Verdict(None, f"no tolerance for {check} (set it with --fail-on {check}:...)")
+        not_judged = run.sequential.not_judged(check) if run.sequential is not None else None
+        if not_judged is not None:
+            return Verdict(None, f"{variant.label} on {task}: {not_judged}", result.junit_properties())
         where = f" [{reference.source}]"
         message = f"{variant.label} on {task}: {result.message}"
         if check in ("truncation", "accuracy") and not result.passed:

@@ -166,7 +166,7 @@ def test_stop_early_decides_a_10_point_loss_within_a_fifth_of_gsm8k_and_passes_a
         "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", f"gsm8k={GSM8K}",
         "--limit", "1319", "--max-tokens", str(MAX_TOKENS), "--stop-early", "--canary", "0",
         "--reference", "model-a=example/model-a", "--model", f"{variant}=example/{variant}",
-        "--replay", "model-a=a.jsonl", "--replay", f"{variant}=v.jsonl", "--qt-report", "report", timeout=300)
+        "--replay", "model-a=a.jsonl", "--replay", f"{variant}=v.jsonl", "--qt-report", "report", "-rs", timeout=300)
     output = result.stdout.str()
     assert "Traceback" not in output and result.ret == (1 if fails else 0), output[-3000:]
     run = next(r for r in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]
@@ -177,6 +177,10 @@ def test_stop_early_decides_a_10_point_loss_within_a_fifth_of_gsm8k_and_passes_a
     if fails:
         assert accuracy["verdict"] == "FAIL" and sequential["stopped"] == "a check failed"
         assert accuracy["decided_look"] <= 4 and "anytime-valid" in accuracy["method"]
+        # the checks left open at the FAIL are skipped as not judged (as after a failed canary), not passed
+        open_checks = [name for name, check in run["checks"].items() if check["decided_look"] is None]
+        assert open_checks and result.parseoutcomes()["skipped"] == len(open_checks)
+        assert f"{open_checks[0]} not judged: --stop-early stopped after {run['items_evaluated']} of 1319" in output
     else:
         assert {check["verdict"] for check in run["checks"].values()} <= {"PASS", "INCONCLUSIVE"}
         assert sequential["stopped"] == "no FAIL within reach of the open checks"

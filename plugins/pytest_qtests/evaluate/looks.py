@@ -44,6 +44,19 @@ class SequentialRun:
     rule: str
     decided_looks: dict[str, int | None] = field(default_factory=dict)
 
+    def not_judged(self, check: str) -> str | None:
+        """Why ``check`` was never judged, when the run stopped at another check's FAIL with it still open.
+
+        Like the checks after a failed canary, such a check is skipped rather than passed as inconclusive:
+        the run stopped looking at it on purpose, it did not look and fail to tell.
+        """
+        state = next((s for s in self.gate.states if s.check.name == check), None)
+        if state is None or state.verdict is not None or self.gate.stop_reason != "a check failed":
+            return None
+        failed = ", ".join(s.check.name for s in self.gate.states if s.verdict == "FAIL")
+        return (f"{check} not judged: --stop-early stopped after {self.items_evaluated} of {self.items_planned} "
+                f"items at the variant's first FAIL ({failed}); run with --no-stop-early to judge every check")
+
     def to_dict(self) -> dict[str, Any]:
         return {"items_planned": self.items_planned, "items_evaluated": self.items_evaluated,
                 "looks_planned": self.looks_planned, "looks_used": self.looks_used,
