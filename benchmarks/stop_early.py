@@ -94,15 +94,27 @@ def zoo() -> None:
         print(f"{label:<20}{f['items_evaluated']:>12}{fixed['generated_tokens'].get(label, 0):>11}"
               f"{e['items_evaluated']:>12}{e['tokens']:>12}{early['generated_tokens'].get(label, 0):>11}"
               f"  {f['verdict']} | {e['verdict']}  {e['decided_looks'] or ''}")
-    same = all(fixed["runs"][label]["passed"] == early["runs"][label]["passed"] for label in variants)
+    same, differing = compare(fixed["runs"], early["runs"], variants)
     print(f"tokens generated in all (reference + variants, cache misses): fixed {totals['fixed']}, stop-early "
           f"{totals['stop-early']} ({totals['stop-early'] / totals['fixed']:.0%}; target <= 50%)")
     print(f"the reference generated {early['generated_tokens'].get(reference, 0)} tokens with --stop-early; the "
           f"furthest variant needed its outputs on items worth {needed} tokens")
-    print(f"identical pass/fail per check: {same}; model loads fixed {fixed['loads']}, stop-early {early['loads']}; "
+    print(f"identical variant verdicts (pass/fail): {same}; checks labelled differently: {differing or 'none'}")
+    print(f"model loads fixed {fixed['loads']}, stop-early {early['loads']}; "
           f"wall {fixed['seconds']:.0f} s vs {early['seconds']:.0f} s")
     print(json.dumps({"zoo": found, "totals": totals, "reference_needed_tokens": needed, "identical": same,
                       "machine": zoo_bench.machine()}))
+
+
+def compare(fixed: dict, early: dict, variants: list[str]) -> tuple[bool, list[str]]:
+    """Whether every variant got the same verdict (PASS or FAIL) in both modes, and which checks were labelled
+    differently (``check: fixed -> stop-early``; a check left open at an early FAIL counts as not judged)."""
+    same = all(fixed[v]["verdict"].split(",")[0].split(" ")[0] == early[v]["verdict"].split(",")[0].split(" ")[0]
+               for v in variants)
+    differing = [f"{v} {check}: {verdict} -> {early[v]['verdicts'].get(check)}"
+                 for v in variants for check, verdict in fixed[v]["verdicts"].items()
+                 if early[v]["verdicts"].get(check) != verdict]
+    return same, differing
 
 
 def gsm8k() -> None:
