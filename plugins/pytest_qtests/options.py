@@ -167,7 +167,8 @@ class GateOptions:
         "(reference and variants)", metavar="F", suite=True)
     stop_early: bool | None = _option(
         "--stop-early", "decide each check as soon as an anytime-valid confidence sequence allows and stop "
-        "generating a variant once all its checks are decided (default off: --no-stop-early)", suite=True)
+        "generating a variant once its verdict is settled: its first FAIL, every check decided, or no FAIL "
+        "within reach (default off: --no-stop-early)", suite=True)
     report_dir: str | None = _option(
         "--qt-report", "write results.json, summary.md, flips.jsonl and report.html here", metavar="DIR")
     no_gate: bool = _switch("--no-gate", "with your own test paths: run only them, not the standard gate suite "

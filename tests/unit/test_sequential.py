@@ -182,12 +182,13 @@ def _family(margins=(-0.02, 0.05, sequential.share_of_ratio(1.25), 0.02)):
     return [sequential.SequentialCheck(n, w, m) for n, w, m in zip(names, worse, margins)]
 
 
-def _run(gate, differences, n):
+def _run(gate, differences, n, settled=False):
+    """Feed ``differences`` look by look until every check is decided (or, with ``settled``, the verdict is)."""
     start = 0
     for end in sequential.look_ends(n):
         gate.observe([d[start:end] for d in differences])
         start = end
-        if gate.decided:
+        if gate.settled if settled else gate.decided:
             break
     return gate
 
@@ -233,16 +234,6 @@ def test_checks_without_a_bounded_form_wait_for_the_end():
     assert gate.finish(lambda j, level: False)[1] == pytest.approx((1 - sequential.SEQUENCE_SHARE) * 0.05)
 
 
-def _run_to_settled(gate, differences, n):
-    start = 0
-    for end in sequential.look_ends(n):
-        gate.observe([d[start:end] for d in differences])
-        start = end
-        if gate.settled:
-            break
-    return gate
-
-
 def test_an_unchanged_variant_stops_once_no_fail_is_within_reach():
     """Evidence of harm: rates at zero in both models can never be shown within +2 pp at 320 items, but a
     FAIL is out of reach long before the end, so the run stops there and every check stays open."""
@@ -250,7 +241,7 @@ def test_an_unchanged_variant_stops_once_no_fail_is_within_reach():
     zeros = np.zeros(n)
     gate = sequential.SequentialGate(_family(margins=(-0.03, 0.03, sequential.share_of_ratio(1.1), 0.02)), 0.05,
                                      items_planned=n)
-    _run_to_settled(gate, [zeros] * 4, n)
+    _run(gate, [zeros] * 4, n, settled=True)
     assert gate.settled and not gate.decided and gate.items <= 0.3 * n
     assert gate.stop_reason == "no FAIL within reach of the open checks"
     assert all(s.out_of_reach and s.fail_chance < sequential.FUTILITY for s in gate.states)
@@ -261,7 +252,7 @@ def test_without_a_planned_end_or_in_non_inferiority_only_decisions_stop_the_run
     zeros = np.zeros(n)
     for gate in (sequential.SequentialGate(_family(), 0.05),
                  sequential.SequentialGate(_family(), 0.05, mode="non-inferiority", items_planned=n)):
-        _run_to_settled(gate, [zeros] * 4, n)
+        _run(gate, [zeros] * 4, n, settled=True)
         assert all(s.fail_chance is None for s in gate.states) and gate.stop_reason != "no FAIL within reach of the open checks"
 
 
@@ -270,8 +261,8 @@ def test_the_first_fail_settles_the_variant_with_the_other_checks_still_open():
     n = 1000
     accuracy = rng.choice([-1.0] * 4 + [0.0] * 16, size=n)
     truncation = rng.choice([1.0] + [0.0] * 9, size=n)  # +10 pp against a +5 pp margin: would fail, later
-    gate = _run_to_settled(sequential.SequentialGate(_family(), 0.05, items_planned=n),
-                           [accuracy, truncation, np.zeros(n), np.zeros(n)], n)
+    gate = _run(sequential.SequentialGate(_family(), 0.05, items_planned=n),
+                [accuracy, truncation, np.zeros(n), np.zeros(n)], n, settled=True)
     states = {s.check.name: s for s in gate.states}
     assert states["accuracy"].verdict == "FAIL" and gate.items == states["accuracy"].decided_items <= 0.1 * n
     assert gate.stop_reason == "a check failed" and states["truncation"].verdict is None
