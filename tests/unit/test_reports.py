@@ -209,7 +209,7 @@ def test_results_json_validates_and_holds_every_check_canary_and_distribution(sc
         assert written["adjusted_p_value"] == pytest.approx(result.adjusted_p_value)
         assert written["passed"] is result.passed and written["message"] == result.message
     assert int4["checks"]["truncation"]["passed"] is False  # 14 of 40 newly truncated
-    assert int4["verdict"].startswith("FAIL") and "truncation" in int4["verdict"]
+    assert int4["verdict"].startswith("FAIL") and "truncation" in int4["verdict"] and int4["passed"] is False
     assert int4["flips"] == {"lost": len(LOST_WRONG | (TRUNCATED - REFERENCE_WRONG)), "gained": len(GAINED)}
     assert int4["thinking"]["never_closed"] == pytest.approx(len(TRUNCATED) / N_ITEMS)
     assert int4["reference_thinking"] == by_name(document, "bf16", "zoo")["thinking"]
@@ -220,7 +220,8 @@ def test_results_json_validates_and_holds_every_check_canary_and_distribution(sc
     assert int4["fingerprint"]["max_tokens"] == CAP
 
     broken = by_name(document, "broken", "arith")
-    assert broken["complete"] is False and broken["verdict"] == "FAIL (canary)"
+    assert broken["complete"] is False and broken["verdict"] == "FAIL (canary)" and broken["passed"] is False
+    assert by_name(document, "bf16", "zoo")["passed"] is None  # the reference is not judged
     assert broken["canary"]["passed"] is False and broken["canary"]["full_run_generations"] == N_ITEMS
     assert broken["degeneracy"]["rate"] == 1.0
     kinds = [reason["kind"] for reason in broken["degeneracy"]["top_reasons"]]

@@ -94,7 +94,7 @@ def card_runs(document: dict[str, Any], variant: str, allow_failed: bool) -> lis
         if not run["checks"] and run["verdict"] != "FAIL (canary)":
             raise QtestsError(f"{variant} on {run['task']} has no comparison with a reference ({run['verdict']}): "
                               "a card reports recovery against BF16; gate it with --reference or --baseline")
-    failed = [f"{run['task']}: {run['verdict']}" for run in runs if not run["verdict"].startswith("PASS")]
+    failed = [f"{run['task']}: {run['verdict']}" for run in runs if run["passed"] is not True]
     if failed and not allow_failed:
         raise QtestsError(f"{variant} failed the gate ({'; '.join(failed)}): refusing to write its model card; "
                           "pass --allow-failed to write one that says it failed")
@@ -225,7 +225,7 @@ def _settings_section(document: dict[str, Any], runs: Sequence[CardRun]) -> list
 def card_markdown(document: dict[str, Any], variant: str, runs: Sequence[CardRun],
                   report: AuditReport | None, provenance: dict[str, Any] | None) -> str:
     """The card section between the markers: verdict, metrics per task, footprint, recipe, settings."""
-    passed = all(run.run["verdict"].startswith("PASS") for run in runs)
+    passed = all(run.run["passed"] is True for run in runs)
     inconclusive = sorted({c.check for run in runs for c in run.checks if c.verdict == "INCONCLUSIVE"})
     reference = document["settings"]["reference"] or document["settings"]["baseline"]
     lines = [BEGIN, "## Quantization quality (qtests)", ""]

@@ -36,7 +36,7 @@ from pytest_qtests.report.evidence import (
     rate_interval,
     thinking_distribution,
 )
-from pytest_qtests.report.format import TABLE_COLUMNS, row_verdict, table_cells
+from pytest_qtests.report.format import TABLE_COLUMNS, row_passed, row_verdict, table_cells
 from pytest_qtests.report.html import render_html
 from pytest_qtests.report.truncation import forensics_lines
 from pytest_qtests.store.atomic import atomic_write
@@ -163,6 +163,7 @@ def run_document(entry: RunEvidence) -> dict[str, Any]:
                              "reference": _reference_tokens(entry)},
         "sequential": entry.sequential.to_dict() if entry.sequential is not None else None,
         "verdict": row_verdict(row),
+        "passed": row_passed(row),
         "reference_source": entry.reference_source,
         "summary": {
             "n_samples": len(entry.outcomes),

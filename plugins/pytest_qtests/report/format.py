@@ -49,17 +49,32 @@ def cell_ratio(result: CheckResult | None) -> str:
     return f"{result.estimate:.2f} {mark(result)}"
 
 
-def row_verdict(row: dict[str, Any]) -> str:
-    results = [value for key, value in row.items() if key.endswith("_result")]
+def _row_results(row: dict[str, Any]) -> list[CheckResult]:
+    return [value for key, value in row.items() if key.endswith("_result")]
+
+
+def row_passed(row: dict[str, Any]) -> bool | None:
+    """Whether the row's model passed the gate; None for the reference and for a row with nothing to compare.
+
+    The boolean readers use (the model card, the HTML report, CI scripts reading ``results.json``), so
+    none of them parses :func:`row_verdict`'s text.
+    """
+    results = _row_results(row)
     if row["role"] == "reference" and not results:  # a tested reference has only absolute expectations
-        return "reference"
+        return None
+    if row.get("canary") is False:
+        return False
+    return all(r.passed for r in results) if results else None
+
+
+def row_verdict(row: dict[str, Any]) -> str:
+    passed, results = row_passed(row), _row_results(row)
+    if passed is None:
+        return "reference" if row["role"] == "reference" else "no comparison"
     if row.get("canary") is False:
         return "FAIL (canary)"
-    if not results:
-        return "no comparison"
-    failed = [r.check for r in results if not r.passed]
-    if failed:
-        return "FAIL " + ",".join(failed)
+    if not passed:
+        return "FAIL " + ",".join(r.check for r in results if not r.passed)
     inconclusive = [r.check for r in results if r.verdict == "INCONCLUSIVE"]
     return "PASS" if not inconclusive else "PASS, inconclusive " + ",".join(inconclusive)
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from pytest_qtests.report.evidence import Flip, RunEvidence, degeneracy_lines, failure_messages, find_flips, thinking_distribution
-from pytest_qtests.report.format import TABLE_COLUMNS, cell_estimate, cell_interval, cell_p, table_cells
+from pytest_qtests.report.format import TABLE_COLUMNS, cell_estimate, cell_interval, cell_p, row_passed, table_cells
 from pytest_qtests.report.truncation import FORENSICS_HEADER, forensics_lines, forensics_rows
 
 FLIPS_SHOWN = 5  # per variant x task and direction; flips.jsonl has all of them
@@ -55,13 +55,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: s
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _verdict_class(text: str) -> str:
-    return "pass" if text.startswith("PASS") else "fail" if text.startswith("FAIL") else ""
+def _verdict_class(passed: bool | None) -> str:
+    return "" if passed is None else "pass" if passed else "fail"
 
 
 def verdict_table(entries: Sequence[RunEvidence]) -> str:
     rows = [[_e(cell) for cell in table_cells(entry.row)] for entry in entries]
-    classes = [[""] * (len(TABLE_COLUMNS) - 1) + [_verdict_class(table_cells(entry.row)[-1])] for entry in entries]
+    classes = [[""] * (len(TABLE_COLUMNS) - 1) + [_verdict_class(row_passed(entry.row))] for entry in entries]
     return _table(TABLE_COLUMNS, rows, {0, 1, len(TABLE_COLUMNS) - 1}, classes)
 
 
