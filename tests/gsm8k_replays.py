@@ -2,7 +2,7 @@
 
 Model A answers with the solutions verbatim except for a few changed final answers; model B changes
 the final answer of other items and runs out of tokens on a few (thinking that never closes,
-``finish_reason: length``); model C is model A with more items wrong (it only loses). :func:`hand_count` grades the files without the harness, so tests can
+``finish_reason: length``); models C and D are model A with more items wrong (they only lose). :func:`hand_count` grades the files without the harness, so tests can
 compare the harness's numbers with an independent count.
 """
 
@@ -44,6 +44,14 @@ def c_output(index: int, solution: str, sample: int = 0) -> tuple[str, str]:
     """Model C: model A, and every 9th item (from 5) off by one more: a variant that only loses items."""
     text, finish = a_output(index, solution, sample)
     if index % 9 == 5 and index % 25 != 7:
+        return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 1)), "stop"
+    return text, finish
+
+
+def d_output(index: int, solution: str, sample: int = 0) -> tuple[str, str]:
+    """Model D: model A, and every 20th item (from 11) off by one more: 5 points lost, near a 2 pp margin."""
+    text, finish = a_output(index, solution, sample)
+    if index % 20 == 11:
         return with_final_answer(solution, str(int(gold_of(solution).replace(",", "")) + 1)), "stop"
     return text, finish
 

@@ -13,8 +13,8 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from gsm8k_replays import (GSM8K, MAX_TOKENS, N_ITEMS, a_output, b_output, c_output, gold_of, gsm8k_rows,
-                           hand_count, with_final_answer, write_replay)
+from gsm8k_replays import (GSM8K, MAX_TOKENS, N_ITEMS, a_output, b_output, c_output, d_output, gold_of,
+                           gsm8k_rows, hand_count, with_final_answer, write_replay)
 from scipy.stats import binomtest
 
 pytest_plugins = ["pytester"]
@@ -149,31 +149,45 @@ def test_gold_answers_replayed_as_the_model_and_as_lm_eval_samples_grade_alike(p
     assert "PASSED qtests/test_gate.py::test_accuracy[lmeval-gsm8k]" in gated.stdout.str()
 
 
+def _stop_early_gsm8k(pytester: pytest.Pytester, variant: str, make) -> tuple[pytest.RunResult, dict[str, dict]]:
+    """``--stop-early`` over all 1319 GSM8K items, model A (replayed) the live reference; the runs by model."""
+    rows = gsm8k_rows(1319)
+    write_replay(pytester.path / "a.jsonl", rows, a_output)
+    write_replay(pytester.path / "v.jsonl", rows, make)
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", f"gsm8k={GSM8K}",
+        "--limit", "1319", "--max-tokens", str(MAX_TOKENS), "--stop-early", "--canary", "0",
+        "--reference", "model-a=example/model-a", "--model", f"{variant}=example/{variant}",
+        "--replay", "model-a=a.jsonl", "--replay", f"{variant}=v.jsonl", "--qt-report", "report", "-rs", timeout=300)
+    assert "Traceback" not in result.stdout.str()
+    runs = {r["variant"]: r for r in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
+    return result, runs
+
+
 @pytest.mark.parametrize(("variant", "make", "fails"), [("model-b", b_output, True), ("model-c", c_output, True),
                                                         ("model-a-again", a_output, False)])
 def test_stop_early_decides_a_10_point_loss_within_a_fifth_of_gsm8k_and_passes_a_model_against_itself(
         pytester: pytest.Pytester, monkeypatch, variant, make, fails):
     """Must-show of ``--stop-early`` on real outputs: over all 1319 GSM8K items, a variant 10+ points worse
     than model A is decided FAIL after at most 20% of the items; model A against itself raises no false
-    alarm and stops long before the end (no FAIL within reach)."""
+    alarm and stops long before the end (no FAIL within reach). The reference generates its head only."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rows = gsm8k_rows(1319)
-    a_correct, _ = hand_count(rows, write_replay(pytester.path / "a.jsonl", rows, a_output))
-    v_correct, _ = hand_count(rows, write_replay(pytester.path / "v.jsonl", rows, make))
+    a_correct, _ = hand_count(rows, [{"id": str(i), "output": a_output(i, row["answer"])[0],
+                                      "finish_reason": "stop"} for i, row in enumerate(rows)])
+    v_correct, _ = hand_count(rows, [dict(zip(("output", "finish_reason"), make(i, row["answer"])), id=str(i))
+                                     for i, row in enumerate(rows)])
     assert (sum(a_correct) - sum(v_correct)) / 1319 >= (0.10 if fails else 0.0) - 1e-9
 
-    result = pytester.runpytest_subprocess(
-        "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", f"gsm8k={GSM8K}",
-        "--limit", "1319", "--max-tokens", str(MAX_TOKENS), "--stop-early", "--canary", "0",
-        "--reference", "model-a=example/model-a", "--model", f"{variant}=example/{variant}",
-        "--replay", "model-a=a.jsonl", "--replay", f"{variant}=v.jsonl", "--qt-report", "report", "-rs", timeout=300)
+    result, runs = _stop_early_gsm8k(pytester, variant, make)
     output = result.stdout.str()
-    assert "Traceback" not in output and result.ret == (1 if fails else 0), output[-3000:]
-    run = next(r for r in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]
-               if r["variant"] == variant)
+    assert result.ret == (1 if fails else 0), output[-3000:]
+    run = runs[variant]
     sequential, accuracy = run["sequential"], run["checks"]["accuracy"]
     assert run["items_planned"] == sequential["items_planned"] == 1319
     assert run["items_evaluated"] == sequential["items_evaluated"] <= 4 * 66  # four looks of 5% (66 items): 20.0%
+    # the reference generated its head (the looks up to the first a variant may stop at without a FAIL), no more
+    assert runs["model-a"]["items_evaluated"] == 4 * 66
     if fails:
         assert accuracy["verdict"] == "FAIL" and sequential["stopped"] == "a check failed"
         assert accuracy["decided_look"] <= 4 and "anytime-valid" in accuracy["method"]
@@ -185,3 +199,14 @@ def test_stop_early_decides_a_10_point_loss_within_a_fifth_of_gsm8k_and_passes_a
         assert {check["verdict"] for check in run["checks"].values()} <= {"PASS", "INCONCLUSIVE"}
         assert sequential["stopped"] == "no FAIL within reach of the open checks"
         assert all(chance < 0.05 for chance in sequential["fail_chances"].values())
+
+
+def test_stop_early_extends_the_reference_only_as_far_as_a_variant_needs_it(pytester: pytest.Pytester, monkeypatch):
+    """Model D (5 points lost, a 2 pp margin) needs more looks than the reference's head of 264 items: the
+    reference grows once, to twice its prefix (528 items), and never generates the other 791."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result, runs = _stop_early_gsm8k(pytester, "model-d", d_output)
+    assert result.ret == 1
+    variant, reference = runs["model-d"], runs["model-a"]
+    assert 4 * 66 < variant["items_evaluated"] <= reference["items_evaluated"] == 2 * 4 * 66 < 1319
+    assert variant["tokens_generated"]["reference"] < reference["tokens_generated"]["variant"]

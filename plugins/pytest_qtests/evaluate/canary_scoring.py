@@ -31,14 +31,22 @@ def canary_indices(total: int, count: int) -> list[int]:
     return sorted({min(total - 1, math.floor(i * step)) for i in range(count)})
 
 
-def score_reference_canary(backend: Backend, requests: Sequence[GenerationRequest],
-                           records: Sequence[GenerationRecord], count: int, score: Scorer | None = None) -> ReferenceScores:
+def canary_requests(requests: Sequence[GenerationRequest], count: int) -> list[GenerationRequest]:
+    """The canary's ``count`` requests of a run's ``requests`` (none without a canary, or when the run is no
+    longer than the canary)."""
+    return [requests[i] for i in canary_indices(len(requests), count)] if 0 < count < len(requests) else []
+
+
+def score_reference_canary(backend: Backend, canary: Sequence[GenerationRequest],
+                           records: Sequence[GenerationRecord], score: Scorer | None = None) -> ReferenceScores:
     """The reference's ``backend`` scores its own canary texts (through ``score`` when given): the prompts
-    of the ``count`` canary requests followed by the reference's outputs (``records``, in request order)."""
+    of the ``canary`` requests followed by the reference's outputs on them (``records``, any order, a
+    superset)."""
     if not backend.capabilities.teacher_forced_scoring:
         return f"the {backend.name} backend cannot score tokens"
-    picked = canary_indices(len(requests), count) if len(requests) > count else []
-    texts = [requests[i].prompt + records[i].text for i in picked if records[i].finish_reason != "error"]
+    output = {(record.item_id, record.sample_index): record for record in records}
+    pairs = [(request, output[(request.item_id, request.sample_index)]) for request in canary]
+    texts = [request.prompt + record.text for request, record in pairs if record.finish_reason != "error"]
     return (texts, (score or backend.score)(texts)) if texts else "no reference canary outputs to score"
 
 

@@ -15,6 +15,7 @@ as the gate renders them), :meth:`Evaluator.requests` (a task's requests in item
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from contextlib import contextmanager
@@ -23,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from pytest_qtests.engines.slot import EngineSlot
 from pytest_qtests.evaluate.canary import CanaryResult, judge_canary
-from pytest_qtests.evaluate.canary_scoring import (ReferenceScores, canary_divergence, canary_indices,
+from pytest_qtests.evaluate.canary_scoring import (ReferenceScores, canary_divergence, canary_requests,
                                                    score_reference_canary)
 from pytest_qtests.evaluate.continuation import Extension, extend_run
 from pytest_qtests.evaluate.degeneracy import DetectorThresholds
 from pytest_qtests.evaluate.grading import calibrated_thresholds, grade_records
 from pytest_qtests.evaluate.identity import run_fingerprint, variant_identity
-from pytest_qtests.evaluate.looks import SequentialRun, generate_in_looks
+from pytest_qtests.evaluate.looks import SequentialRun, generate_in_looks, reference_extension, reference_head
 from pytest_qtests.evaluate.rendering import Message, PromptRenderer
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, VariantSpec
@@ -187,18 +188,19 @@ class Evaluator:
         if self.config.extend_truncated and not engine.capabilities.continuation:
             raise QtestsError(f"--extend-truncated needs an engine that continues partial outputs, and the "
                               f"{engine.name} backend does not: drop --extend-truncated or pick another --backend")
+        if is_reference and self._reference_on_demand:
+            requests = reference_head(requests, self.config.canary, self.config.sampling.seed)
         canary = None
-        if not is_reference and self.config.canary and len(requests) > self.config.canary:
-            canary_requests = [requests[i] for i in canary_indices(len(requests), self.config.canary)]
-            canary_records = self.generate(variant, canary_requests, "canary")
-            canary_outcomes = grade_records(data, canary_records, canary_requests, thresholds)
+        asked = [] if is_reference else canary_requests(requests, self.config.canary)
+        if asked:
+            canary_records = self.generate(variant, asked, "canary")
+            canary_outcomes = grade_records(data, canary_records, asked, thresholds)
             reference_outcomes = None if reference is None else self.run(reference, task_spec).outcomes
             canary = judge_canary(canary_outcomes, reference_outcomes,
                                   canary_divergence(engine, reference_scores, self.scorer(variant)), len(requests))
             if not canary.passed:
                 return TaskRun(variant, task_spec, canary_records, canary_outcomes, fingerprint, canary,
-                               time.perf_counter() - started,
-                               record_keys=self.record_keys(variant, canary_requests))
+                               time.perf_counter() - started, record_keys=self.record_keys(variant, asked))
         sequential = None
         if self.config.stop_early and reference is not None and not is_reference:
             requests, records, outcomes, sequential = self._in_looks(variant, task_spec, requests, thresholds)
@@ -224,14 +226,39 @@ class Evaluator:
         Each task's gate gets ``alpha / tasks`` (Bonferroni over the tasks of the variant's family)."""
         assert self.config.reference is not None
         data = self.task_data(task_spec)
-        reference_outcomes = self.run(self.config.reference, task_spec).outcomes
         expected = self.config.expectations.for_run(variant.label, task_spec_name(task_spec))
         tolerances = {check: tol for check, tol in self.config.tolerances.items() if check not in expected}
         return generate_in_looks(
-            requests, reference_outcomes, tolerances, self.config.alpha / len(self.config.tasks),
+            requests, lambda items: self._reference_on(task_spec, items), tolerances,
+            self.config.alpha / len(self.config.tasks),
             self.config.gate_mode, self.config.sampling.seed,
             lambda look: self.generate(variant, look, "look"),
             lambda records, asked: grade_records(data, records, asked, thresholds))
+
+    @property
+    def _reference_on_demand(self) -> bool:
+        """``--stop-early`` generates the live reference only as far as the variants' looks need it, unless
+        its full run is asked for: a baseline saved from it, or its truncated outputs continued."""
+        return (self.config.stop_early and self.config.reference is not None and not self.config.save_baseline
+                and not self.config.extend_truncated)
+
+    def _reference_on(self, task_spec: str, items: list[str]) -> list[ItemOutcome]:
+        """The reference's outcomes on ``items``, generating those it lacks first (:func:`reference_extension`)."""
+        assert self.config.reference is not None
+        reference = self.config.reference
+        run = self.run(reference, task_spec)
+        have = {outcome.item_id for outcome in run.outcomes}
+        if any(item not in have for item in items):
+            every = self.requests(reference, task_spec)
+            new = set(reference_extension([r.item_id for r in every], self.config.sampling.seed, have, items))
+            asked = [request for request in every if request.item_id in new]
+            records = self.generate(reference, asked, "reference look")
+            outcomes = grade_records(self.task_data(task_spec), records, asked, self._thresholds[task_spec])
+            run = self._runs[(reference.label, task_spec)] = dataclasses.replace(
+                run, records=run.records + records, outcomes=run.outcomes + outcomes,
+                record_keys=run.record_keys + self.record_keys(reference, asked))
+        wanted = set(items)
+        return [outcome for outcome in run.outcomes if outcome.item_id in wanted]
 
     def reference_canary_scores(self, task_spec: str) -> ReferenceScores:
         """The reference's canary texts and its scores of them, once per task (:func:`score_reference_canary`).
@@ -244,7 +271,7 @@ class Evaluator:
                 engine = self.engines.get(reference)
                 run = self.run(reference, task_spec)
                 self._reference_scores[task_spec] = score_reference_canary(
-                    engine, self.requests(reference, task_spec), run.records, self.config.canary,
+                    engine, canary_requests(self.requests(reference, task_spec), self.config.canary), run.records,
                     self.scorer(reference))
         return self._reference_scores[task_spec]
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from pytest_qtests.evaluate.canary_scoring import canary_requests
 from pytest_qtests.gate.sequential import (
     FUTILITY,
     FUTILITY_FROM,
@@ -97,9 +98,33 @@ def _per_item(outcomes: Sequence[ItemOutcome], attribute: str, items: Sequence[s
     return np.array([np.mean(values[item]) for item in items])
 
 
+def reference_head(requests: Sequence[GenerationRequest], canary: int, seed: int) -> list[GenerationRequest]:
+    """The reference requests ``--stop-early`` generates before any variant: the items of the looks up to the
+    first at which a variant may stop without a FAIL (:data:`FUTILITY_FROM` of the items, in the seeded
+    order) and the canary's items, in request order. The rest is generated when a variant's look needs
+    it (:func:`reference_extension`). Its degeneracy thresholds are calibrated on this head."""
+    items = list(dict.fromkeys(request.item_id for request in requests))
+    order = seeded_order(items, seed)
+    first = next(end for end in look_ends(len(order)) if end >= FUTILITY_FROM * len(order))
+    wanted = set(order[:first]) | {request.item_id for request in canary_requests(requests, canary)}
+    return [request for request in requests if request.item_id in wanted]
+
+
+def reference_extension(items: Sequence[str], seed: int, have: set[str], needed: Sequence[str]) -> list[str]:
+    """The reference items to generate when a look needs ``needed`` and the reference has ``have``: the
+    seeded order up to the last needed item, or up to twice the prefix already generated if that is
+    further (each extension swaps the engine to the reference and back, so they double: at most
+    ``log2(items / head)`` swaps per task)."""
+    order = seeded_order(items, seed)
+    prefix = next((i for i, item in enumerate(order) if item not in have), len(order))
+    position = {item: i for i, item in enumerate(order)}
+    target = min(len(order), max(max(position[item] for item in needed) + 1, 2 * prefix))
+    return [item for item in order[:target] if item not in have]
+
+
 def generate_in_looks(
     requests: Sequence[GenerationRequest],
-    reference: Sequence[ItemOutcome],
+    reference: Callable[[list[str]], Sequence[ItemOutcome]],
     tolerances: Mapping[str, Tolerance],
     alpha: float,
     mode: str,
@@ -110,6 +135,7 @@ def generate_in_looks(
     """Generate and grade look by look until the variant's verdict is settled (:attr:`SequentialGate.settled`)
     or the items run out.
 
+    ``reference(items)`` gives the reference's outcomes on a look's items (generating those it lacks).
     Returns the requests asked, their records and outcomes (in look order) and the run's account.
     Relative rate tolerances (``accuracy:-2%``) take the reference's rate on the items seen so far.
     """
@@ -118,9 +144,7 @@ def generate_in_looks(
         by_item.setdefault(request.item_id, []).append(request)
     order = seeded_order(list(by_item), seed)
     ends = look_ends(len(order))
-    reference_of = {}
-    for outcome in reference:
-        reference_of.setdefault(outcome.item_id, []).append(outcome)
+    reference_of: dict[str, list[ItemOutcome]] = {}
     names = list(tolerances)
     gate = SequentialGate(sequential_checks(tolerances, {}), alpha, mode, items_planned=len(order))
     asked: list[GenerationRequest] = []
@@ -130,6 +154,8 @@ def generate_in_looks(
     for end in ends:
         items = order[start:end]
         look = [request for item in items for request in by_item[item]]
+        for outcome in reference(items):
+            reference_of.setdefault(outcome.item_id, []).append(outcome)
         look_records = generate(look)
         look_outcomes = grade(look_records, look)
         asked += look
