@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import closing
 from itertools import islice
 from pathlib import Path
@@ -21,6 +22,8 @@ from fake_openai_server import THINK_PREFIX, FakeOpenAIServer, free_port
 from pytest_qtests.engines.openai_backend import OpenAIBackend, normalize_base_url
 from pytest_qtests.records import GenerationRequest, QtestsError, SamplingParams, VariantSpec
 from pytest_qtests.store.cache import GenerationCache, cached_generate, cached_stream
+
+pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[2]
 ZOO_REFERENCE = REPO / "fixtures" / "zoo" / "tiny-qwen3next"
@@ -162,6 +165,26 @@ def test_a_cached_stream_reads_hits_back_and_stores_what_it_streams(tmp_path):
     assert [r.text for r in records] == [THINK_PREFIX + f"prompt {i}" for i in range(7)]
     assert sorted(prompts[:4]) == [f"prompt {i}" for i in range(4)]  # the first run; the hits never again
     assert set(prompts[4:]) <= {f"prompt {i}" for i in range(4, 9)} and "prompt 9" not in prompts
+
+
+def test_stop_early_through_the_plugin_sends_the_variant_at_most_a_look_past_where_it_stopped(pytester, monkeypatch):
+    """``--stop-early`` on ``--backend openai``: the echo server answers reference and variant alike, so the
+    gate stops (no FAIL within reach) long before the end, and the server never heard of most variant items
+    (``--no-cache``, so that items with the same question are each asked)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with FakeOpenAIServer(models=("org/ref", "org/var")) as server:
+        result = pytester.runpytest_subprocess(
+            "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "openai", "--base-url", server.base_url,
+            "--tasks", "zoo", "--limit", "320", "--canary", "0", "--stop-early", "--no-cache", "--reference", "ref=org/ref",
+            "--model", "var=org/var", "--qt-report", "report", timeout=300)
+        asked = Counter(entry["body"]["model"] for entry in server.received)
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    runs = {run["variant"]: run for run in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
+    sequential = runs["var"]["sequential"]
+    assert sequential["stopped"] == "no FAIL within reach of the open checks"
+    assert sequential["items_evaluated"] < sequential["items_planned"] == asked["org/ref"] == 320
+    look = 16  # 5% of 320 items, one sample each; the default concurrency (16) is no wider
+    assert sequential["items_evaluated"] <= asked["org/var"] <= sequential["items_evaluated"] + look
 
 
 # -- faults --------------------------------------------------------------------------------------------
