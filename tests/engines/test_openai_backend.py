@@ -127,15 +127,16 @@ def test_a_stream_hands_records_back_in_request_order_while_early_requests_are_s
 
 def test_the_next_looks_requests_are_in_flight_while_a_looks_slow_answer_runs():
     """Looks of 4: the first look's last request is slow; the second look's requests go out before it
-    returns (the window stays full), but none more than the window past what was consumed."""
+    returns (the window stays full), but none more than the window (a look and the concurrency: 8) past
+    what was consumed."""
     with FakeOpenAIServer(by_prompt={"prompt 3": "slow:1.0"}) as server:
         stream = OpenAIBackend(SPEC, [server.base_url], concurrency=4, **FAST).stream(numbered(12), lookahead=4)
         first_look = list(islice(stream, 4))
         rest = list(stream)
     assert len(first_look) == 4 and len(rest) == 8
     slow_answered = server.entry("prompt 3")["answered"]
-    assert all(server.entry(f"prompt {i}")["arrived"] < slow_answered for i in (4, 5, 6))
-    assert server.entry("prompt 7")["arrived"] >= slow_answered  # waited for record 3 to be consumed
+    assert all(server.entry(f"prompt {i}")["arrived"] < slow_answered for i in range(4, 8))
+    assert server.entry("prompt 11")["arrived"] >= slow_answered  # waited for record 3 to be consumed
     assert server.peak_in_flight <= 4
 
 
@@ -150,15 +151,15 @@ def test_closing_a_stream_cancels_what_is_in_flight_and_never_sends_the_rest():
         time.sleep(0.3)
         sent = {int(entry["body"]["prompt"].split()[1]) for entry in server.received}
     assert [r.item_id for r in consumed] == [f"add-{i:04d}" for i in range(5)]
-    assert sent == set(range(9))  # 5 consumed + a window of 4: nothing after it was ever sent
+    assert sent == set(range(13))  # 5 consumed + a window of 4 + 4: nothing after it was ever sent
 
 
 def test_a_cached_stream_reads_hits_back_and_stores_what_it_streams(tmp_path):
     requests, model = numbered(10), "m" * 64
     with FakeOpenAIServer() as server, GenerationCache(tmp_path / "generations.sqlite3") as cache:
-        backend = OpenAIBackend(SPEC, [server.base_url], concurrency=2, **FAST)
+        backend = OpenAIBackend(SPEC, [server.base_url], concurrency=1, **FAST)
         cached_generate(cache, backend, requests[:4], model)
-        with closing(cached_stream(cache, backend, requests, model, lookahead=2)) as stream:
+        with closing(cached_stream(cache, backend, requests, model, lookahead=1)) as stream:
             records = list(islice(stream, 7))
         assert len(cache) == 7  # the hits, and each streamed miss stored as it was consumed
         prompts = [entry["body"]["prompt"] for entry in server.received]
@@ -167,7 +168,7 @@ def test_a_cached_stream_reads_hits_back_and_stores_what_it_streams(tmp_path):
     assert set(prompts[4:]) <= {f"prompt {i}" for i in range(4, 9)} and "prompt 9" not in prompts
 
 
-def test_stop_early_through_the_plugin_sends_the_variant_at_most_a_look_past_where_it_stopped(pytester, monkeypatch):
+def test_stop_early_through_the_plugin_sends_the_variant_at_most_its_window_past_where_it_stopped(pytester, monkeypatch):
     """``--stop-early`` on ``--backend openai``: the echo server answers reference and variant alike, so the
     gate stops (no FAIL within reach) long before the end, and the server never heard of most variant items
     (``--no-cache``, so that items with the same question are each asked)."""
@@ -183,8 +184,8 @@ def test_stop_early_through_the_plugin_sends_the_variant_at_most_a_look_past_whe
     sequential = runs["var"]["sequential"]
     assert sequential["stopped"] == "no FAIL within reach of the open checks"
     assert sequential["items_evaluated"] < sequential["items_planned"] == asked["org/ref"] == 320
-    look = 16  # 5% of 320 items, one sample each; the default concurrency (16) is no wider
-    assert sequential["items_evaluated"] <= asked["org/var"] <= sequential["items_evaluated"] + look
+    window = 16 + 16  # a look (5% of 320 items, one sample each) and the default concurrency
+    assert sequential["items_evaluated"] <= asked["org/var"] <= sequential["items_evaluated"] + window
 
 
 # -- faults --------------------------------------------------------------------------------------------

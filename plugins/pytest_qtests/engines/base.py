@@ -72,9 +72,9 @@ class Backend(Protocol):
         progress: ProgressCallback | None = None,
     ) -> Iterator[GenerationRecord]:
         """The records of ``requests`` in request order, as they are consumed; called only when
-        ``capabilities.streams``. Requests are sent in order, never more than ``lookahead`` past the
-        oldest record not yet consumed (None: no bound); closing the iterator cancels what is in flight
-        and sends nothing more."""
+        ``capabilities.streams``. Requests are sent in order, never more than ``lookahead`` plus the
+        engine's own concurrency past the oldest record not yet consumed (None: no bound); closing the
+        iterator cancels what is in flight and sends nothing more."""
 
     def score(self, texts: Sequence[str]) -> list[TokenScores]:
         """Teacher-forced scores of each text's tokens; called only when ``capabilities.teacher_forced_scoring``."""

@@ -188,8 +188,10 @@ class OpenAIBackend:
         progress: ProgressCallback | None = None,
     ) -> Iterator[GenerationRecord]:
         """Records in request order through a rolling window: requests go out in order, at most
-        ``concurrency`` in flight and none more than ``max(lookahead, concurrency)`` past the oldest record
-        not yet consumed (``lookahead`` None: no bound).
+        ``concurrency`` in flight and none more than ``lookahead + concurrency`` past the oldest record not
+        yet consumed (``lookahead`` None: no bound). ``lookahead`` answers may wait for the consumer while
+        ``concurrency`` more run: with a window of ``concurrency`` alone, one slow answer at its head would
+        leave the server idle once the answers behind it are done.
 
         In request order, not completion order: a consumer that judges what it has so far (``--stop-early``)
         would otherwise see the short answers first. The requests run on an asyncio loop in a thread of
@@ -204,7 +206,7 @@ class OpenAIBackend:
         info = self.server_info()
         close_id = think_close_id(self.tokenizer) if self.tokenizer is not None else None
         answers: list[Future[Completion]] = [Future() for _ in requests]
-        ahead = asyncio.Semaphore(len(requests) if lookahead is None else max(lookahead, self.concurrency))
+        ahead = asyncio.Semaphore(len(requests) if lookahead is None else lookahead + self.concurrency)
         loop = asyncio.new_event_loop()
         sender = loop.create_task(self._send_in_order(info, requests, answers, ahead))
         thread = threading.Thread(target=_drive, args=(loop, sender), name="qtests-openai", daemon=True)

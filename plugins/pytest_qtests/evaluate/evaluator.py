@@ -243,8 +243,8 @@ class Evaluator:
     def _look_records(self, variant: VariantSpec,
                       looks: list[list[GenerationRequest]]) -> Iterator[list[GenerationRecord]]:
         """Each look's records in turn. An engine that streams gets every look through one rolling window
-        (the next look's requests go out while this look's slowest answers run, at most a look past what the
-        gate has seen); any other engine one batch per look."""
+        (the next look's requests go out while this look's slowest answers run, at most a look and the
+        engine's concurrency past what the gate has seen); any other engine one batch per look."""
         if not self.engines.get(variant).capabilities.streams:
             for look in looks:
                 yield self.generate(variant, look, "look")

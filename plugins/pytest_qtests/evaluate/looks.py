@@ -2,8 +2,8 @@
 
 The evaluator hands this module its two seams (each look's records through the cache, grade records),
 so a look costs what the engine charges for that many requests and little more: an engine that streams
-(a served one) keeps a rolling window of requests in the seeded order across the looks, at most a look
-past what the gate has seen, so it never idles at a look's end; the others batch within a look (looks are
+(a served one) keeps a rolling window of requests in the seeded order across the looks, a look and
+its concurrency past what the gate has seen at most, so it never idles at a look's end; the others batch within a look (looks are
 at least a batch on real suites, see ``look_ends``); cached records are read back, and every repeat of an
 item sits in the item's look. The run's records are exactly those of the looks the gate saw.
 """
