@@ -4,7 +4,8 @@ The backend's retry, timeout, redaction and fleet logic is what these tests exer
 a test double on purpose: a real engine cannot be made to time out, fail with a 503 or send broken
 JSON on demand. Generation itself is tested against a real ``vllm serve`` in test_openai_backend.py.
 
-Each POST to ``/v1/completions`` takes the next step of ``script`` (``ok`` once it runs out):
+Each POST to ``/v1/completions`` takes the next step of ``script`` (``ok`` once it runs out), or the
+step ``by_prompt`` names for its prompt (so a test can make one request slow whatever order they arrive in):
 ``ok``, ``slow:SECONDS`` (sleep, then ok), ``500``/``503``/``429``/``400``/``401`` (that status; the
 body echoes the request's Authorization header, as careless servers do, so redaction is tested),
 ``malformed`` (a body that is not JSON), ``missing`` (JSON without ``finish_reason``).
@@ -27,12 +28,14 @@ THINK_PREFIX = "<think>\nechoing\n</think>\n"
 
 class FakeOpenAIServer:
     def __init__(self, script: list[str] | None = None, models: tuple[str, ...] = ("tiny",),
-                 owned_by: str = "fakeserver", version: str | None = "9.9.9"):
+                 owned_by: str = "fakeserver", version: str | None = "9.9.9", by_prompt: dict[str, str] | None = None):
         self.script: deque[str] = deque(script or [])
+        self.by_prompt = by_prompt or {}
         self.models = models
         self.owned_by = owned_by
         self.version = version
-        self.received: list[dict[str, Any]] = []  # every completions request: headers and body
+        # every completions request: headers, body, and (time.perf_counter) when it arrived and was answered
+        self.received: list[dict[str, Any]] = []
         self.in_flight = 0
         self.peak_in_flight = 0  # most completions requests being handled at one time
         self._lock = threading.Lock()
@@ -44,9 +47,15 @@ class FakeOpenAIServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
-    def next_step(self) -> str:
+    def next_step(self, prompt: str) -> str:
         with self._lock:
+            if prompt in self.by_prompt:
+                return self.by_prompt[prompt]
             return self.script.popleft() if self.script else "ok"
+
+    def entry(self, prompt: str) -> dict[str, Any]:
+        """The received request with this prompt (the first, if several)."""
+        return next(entry for entry in self.received if entry["body"]["prompt"] == prompt)
 
     def __enter__(self) -> FakeOpenAIServer:
         self._thread.start()
@@ -74,6 +83,8 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self._leave()  # before the client can read the answer and send its next request
+            if getattr(self, "_entry", None) is not None:
+                self._entry["answered"] = time.perf_counter()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -93,13 +104,14 @@ def _handler_for(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self._entry = {"headers": dict(self.headers), "body": body, "arrived": time.perf_counter()}
             with server._lock:
-                server.received.append({"headers": dict(self.headers), "body": body})
+                server.received.append(self._entry)
                 server.in_flight += 1
                 server.peak_in_flight = max(server.peak_in_flight, server.in_flight)
             self._counted = True
             try:
-                self._answer(body, server.next_step())
+                self._answer(body, server.next_step(body["prompt"]))
             except ConnectionError:
                 pass  # the client gave up on this request (cancelled or timed out)
             finally:

@@ -10,6 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from contextlib import closing
+from itertools import islice
 from pathlib import Path
 
 import httpx
@@ -18,6 +21,9 @@ import pytest
 from fake_openai_server import THINK_PREFIX, FakeOpenAIServer, free_port
 from pytest_qtests.engines.openai_backend import OpenAIBackend, normalize_base_url
 from pytest_qtests.records import GenerationRequest, QtestsError, SamplingParams, VariantSpec
+from pytest_qtests.store.cache import GenerationCache, cached_generate, cached_stream
+
+pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[2]
 ZOO_REFERENCE = REPO / "fixtures" / "zoo" / "tiny-qwen3next"
@@ -100,6 +106,87 @@ def test_a_failing_fleet_member_is_routed_around():
             [request(item_id=str(i)) for i in range(6)])
     assert all(r.finish_reason == "stop" for r in records)
     assert len(healthy.received) == 6 and len(broken.received) == 3
+
+
+# -- streaming: a rolling window of requests, records in request order ------------------------------------------
+
+def numbered(n: int) -> list[GenerationRequest]:
+    return [request(item_id=f"add-{i:04d}", prompt=f"prompt {i}") for i in range(n)]
+
+
+def test_a_stream_hands_records_back_in_request_order_while_early_requests_are_slow():
+    with FakeOpenAIServer(by_prompt={"prompt 0": "slow:0.6", "prompt 1": "slow:0.3"}) as server:
+        backend = OpenAIBackend(SPEC, [server.base_url], concurrency=4, **FAST)
+        records = list(backend.stream(numbered(12), lookahead=4))
+        assert backend.capabilities.streams
+    assert [r.text for r in records] == [THINK_PREFIX + f"prompt {i}" for i in range(12)]
+    assert [r.item_id for r in records] == [f"add-{i:04d}" for i in range(12)]
+    # the server answered later requests first: the order is the stream's doing, not the server's
+    assert server.entry("prompt 2")["answered"] < server.entry("prompt 1")["answered"] < server.entry("prompt 0")["answered"]
+
+
+def test_the_next_looks_requests_are_in_flight_while_a_looks_slow_answer_runs():
+    """Looks of 4: the first look's last request is slow; the second look's requests go out before it
+    returns (the window stays full), but none more than the window (a look and the concurrency: 8) past
+    what was consumed."""
+    with FakeOpenAIServer(by_prompt={"prompt 3": "slow:1.0"}) as server:
+        stream = OpenAIBackend(SPEC, [server.base_url], concurrency=4, **FAST).stream(numbered(12), lookahead=4)
+        first_look = list(islice(stream, 4))
+        rest = list(stream)
+    assert len(first_look) == 4 and len(rest) == 8
+    slow_answered = server.entry("prompt 3")["answered"]
+    assert all(server.entry(f"prompt {i}")["arrived"] < slow_answered for i in range(4, 8))
+    assert server.entry("prompt 11")["arrived"] >= slow_answered  # waited for record 3 to be consumed
+    assert server.peak_in_flight <= 4
+
+
+def test_closing_a_stream_cancels_what_is_in_flight_and_never_sends_the_rest():
+    with FakeOpenAIServer(by_prompt={"prompt 6": "slow:5"}) as server:
+        stream = OpenAIBackend(SPEC, [server.base_url], concurrency=4, **FAST).stream(numbered(40), lookahead=4)
+        consumed = list(islice(stream, 5))
+        time.sleep(0.3)  # the window fills meanwhile: the slow request 6 is in flight
+        started = time.perf_counter()
+        stream.close()
+        assert time.perf_counter() - started < 1  # the slow request in flight was cancelled, not waited for
+        time.sleep(0.3)
+        sent = {int(entry["body"]["prompt"].split()[1]) for entry in server.received}
+    assert [r.item_id for r in consumed] == [f"add-{i:04d}" for i in range(5)]
+    assert sent == set(range(13))  # 5 consumed + a window of 4 + 4: nothing after it was ever sent
+
+
+def test_a_cached_stream_reads_hits_back_and_stores_what_it_streams(tmp_path):
+    requests, model = numbered(10), "m" * 64
+    with FakeOpenAIServer() as server, GenerationCache(tmp_path / "generations.sqlite3") as cache:
+        backend = OpenAIBackend(SPEC, [server.base_url], concurrency=1, **FAST)
+        cached_generate(cache, backend, requests[:4], model)
+        with closing(cached_stream(cache, backend, requests, model, lookahead=1)) as stream:
+            records = list(islice(stream, 7))
+        assert len(cache) == 7  # the hits, and each streamed miss stored as it was consumed
+        prompts = [entry["body"]["prompt"] for entry in server.received]
+    assert [r.text for r in records] == [THINK_PREFIX + f"prompt {i}" for i in range(7)]
+    assert sorted(prompts[:4]) == [f"prompt {i}" for i in range(4)]  # the first run; the hits never again
+    assert set(prompts[4:]) <= {f"prompt {i}" for i in range(4, 9)} and "prompt 9" not in prompts
+
+
+def test_stop_early_through_the_plugin_sends_the_variant_at_most_its_window_past_where_it_stopped(pytester, monkeypatch):
+    """``--stop-early`` on ``--backend openai``: the echo server answers reference and variant alike, so the
+    gate stops (no FAIL within reach) long before the end, and the server never heard of most variant and
+    reference items (``--no-cache``, so that items with the same question are each asked)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with FakeOpenAIServer(models=("org/ref", "org/var")) as server:
+        result = pytester.runpytest_subprocess(
+            "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "openai", "--base-url", server.base_url,
+            "--tasks", "zoo", "--limit", "320", "--canary", "0", "--stop-early", "--no-cache", "--reference", "ref=org/ref",
+            "--model", "var=org/var", "--qt-report", "report", timeout=300)
+        asked = Counter(entry["body"]["model"] for entry in server.received)
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    runs = {run["variant"]: run for run in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
+    sequential = runs["var"]["sequential"]
+    assert sequential["stopped"] == "no FAIL within reach of the open checks"
+    assert sequential["items_evaluated"] < sequential["items_planned"] == 320
+    assert asked["org/ref"] == 64  # the reference's head only: the looks up to 20% of the items (no canary here)
+    window = 16 + 16  # a look (5% of 320 items, one sample each) and the default concurrency
+    assert sequential["items_evaluated"] <= asked["org/var"] <= sequential["items_evaluated"] + window
 
 
 # -- faults --------------------------------------------------------------------------------------------

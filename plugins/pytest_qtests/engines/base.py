@@ -7,7 +7,7 @@ and return :class:`GenerationRecord` objects; grading, statistics and reporting 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError
 from pytest_qtests.tasks.prompts import prompt_opens_thinking
@@ -41,6 +41,10 @@ class EngineCapabilities:
     """``Backend.score(texts)`` works: the canary's teacher-forced divergence and engine parity need it."""
     continuation: bool = False
     """``generate`` continues a request's partial output (``--extend-truncated``)."""
+    streams: bool = False
+    """``Backend.stream(requests, lookahead)`` works: a rolling window of requests (a served engine), so a
+    caller that consumes records a few at a time (``--stop-early``'s looks) keeps the engine busy across its
+    own boundaries. Without, such a caller sends one ``generate`` batch at a time."""
 
 
 class Backend(Protocol):
@@ -62,6 +66,15 @@ class Backend(Protocol):
         self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
     ) -> list[GenerationRecord]:
         """Generate every request (all submitted at once where the engine batches) in request order."""
+
+    def stream(
+        self, requests: Sequence[GenerationRequest], lookahead: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[GenerationRecord]:
+        """The records of ``requests`` in request order, as they are consumed; called only when
+        ``capabilities.streams``. Requests are sent in order, never more than ``lookahead`` plus the
+        engine's own concurrency past the oldest record not yet consumed (None: no bound); closing the
+        iterator cancels what is in flight and sends nothing more."""
 
     def score(self, texts: Sequence[str]) -> list[TokenScores]:
         """Teacher-forced scores of each text's tokens; called only when ``capabilities.teacher_forced_scoring``."""

@@ -21,9 +21,11 @@ import asyncio
 import logging
 import os
 import random
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
 
 import httpx
 
@@ -103,7 +105,7 @@ class OpenAIBackend:
         self.model_name = model_name
         self.tokenizer = tokenizer
         # a given tokenizer renders prompts (and counts tokens); a continuation's partial output goes as text
-        self.capabilities = EngineCapabilities(renders_prompts=tokenizer is not None, continuation=True)
+        self.capabilities = EngineCapabilities(renders_prompts=tokenizer is not None, continuation=True, streams=True)
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._api_key = os.environ.get(api_key_env) or None  # kept only to send and to redact
@@ -177,40 +179,91 @@ class OpenAIBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
     ) -> list[GenerationRecord]:
-        """All requests in flight at once (up to ``concurrency``), spread round-robin over the fleet.
+        """All requests through one window with no lookahead bound (:meth:`stream`): up to ``concurrency``
+        in flight, spread round-robin over the fleet."""
+        return list(self.stream(requests, None, progress))
 
-        Runs on asyncio so that the first request whose retries run out (or Ctrl-C) really cancels
-        the others, open connections included, instead of leaving threads waiting on slow servers.
-        The error then propagates; records of earlier chunks are already in the cache.
+    def stream(
+        self, requests: Sequence[GenerationRequest], lookahead: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[GenerationRecord]:
+        """Records in request order through a rolling window: requests go out in order, at most
+        ``concurrency`` in flight and none more than ``lookahead + concurrency`` past the oldest record not
+        yet consumed (``lookahead`` None: no bound). ``lookahead`` answers may wait for the consumer while
+        ``concurrency`` more run: with a window of ``concurrency`` alone, one slow answer at its head would
+        leave the server idle once the answers behind it are done.
+
+        In request order, not completion order: a consumer that judges what it has so far (``--stop-early``)
+        would otherwise see the short answers first. The requests run on an asyncio loop in a thread of
+        their own, so the window keeps moving while the consumer works on the records it has, and the
+        server never waits for the slowest answer of a batch. asyncio, so that the first request whose
+        retries run out (or Ctrl-C) really cancels the others, open connections included; that failure is
+        raised at the next record. Closing the iterator (the consumer has seen enough) cancels what is in
+        flight and sends nothing more.
         """
         if not requests:
-            return []
+            return
         info = self.server_info()
-        completions = asyncio.run(self._complete_all(info, requests, progress))
         close_id = think_close_id(self.tokenizer) if self.tokenizer is not None else None
-        return [make_record(request, c.text, c.prompt_tokens, c.token_ids, c.finish_reason, c.latency_s, close_id,
-                            output_tokens=c.completion_tokens)
-                for request, c in zip(requests, completions)]
+        answers: list[Future[Completion]] = [Future() for _ in requests]
+        ahead = asyncio.Semaphore(len(requests) if lookahead is None else lookahead + self.concurrency)
+        loop = asyncio.new_event_loop()
+        sender = loop.create_task(self._send_in_order(info, requests, answers, ahead))
+        thread = threading.Thread(target=_drive, args=(loop, sender), name="qtests-openai", daemon=True)
+        thread.start()
+        try:
+            for request, answer in zip(requests, answers):
+                c = answer.result()
+                loop.call_soon_threadsafe(ahead.release)
+                if progress:
+                    progress(1)
+                yield make_record(request, c.text, c.prompt_tokens, c.token_ids, c.finish_reason, c.latency_s,
+                                  close_id, output_tokens=c.completion_tokens)
+        finally:
+            loop.call_soon_threadsafe(sender.cancel)
+            thread.join()
+            loop.close()
 
-    async def _complete_all(self, info: ServerInfo, requests: Sequence[GenerationRequest],
-                            progress: ProgressCallback | None) -> list[Completion]:
+    async def _send_in_order(self, info: ServerInfo, requests: Sequence[GenerationRequest],
+                             answers: list[Future[Completion]], ahead: asyncio.Semaphore) -> None:
+        """Send ``requests`` in order as ``ahead`` (the window) and the ``concurrency`` slots allow; each
+        completion goes to its answer, the first failure to every answer still open (and ends the sending)."""
         slots = asyncio.Semaphore(self.concurrency)
         fleet = len(self.base_urls)
+        sender = asyncio.current_task()
+        assert sender is not None
 
         async with self._client() as client:
-            async def complete(index: int, request: GenerationRequest) -> Completion:
+            async def complete(index: int, request: GenerationRequest) -> None:
                 body = completion_body(info, request)
                 first = index % fleet  # round-robin over the fleet; each retry moves on to the next server
-                async with slots:
+                try:
                     completion = await self._with_retries(
                         self.base_urls[first:] + self.base_urls[:first],
                         lambda url: self._post_completion(client, url, body, request.prompt + request.continuation),
                         f"item {request.item_id}")
-                if progress:
-                    progress(1)
-                return completion
+                except Exception as failure:  # noqa: BLE001 - handed to the consumer, who raises it
+                    for answer in answers:
+                        if not answer.done():
+                            answer.set_exception(failure)
+                    sender.cancel()
+                    return
+                finally:
+                    slots.release()
+                if not answers[index].done():
+                    answers[index].set_result(completion)
 
-            return await _gather_or_cancel([complete(index, request) for index, request in enumerate(requests)])
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                for index, request in enumerate(requests):
+                    await ahead.acquire()
+                    await slots.acquire()
+                    tasks.append(asyncio.create_task(complete(index, request)))
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _with_retries(self, urls: list[str], call: Callable[[str], Awaitable[Any]], subject: str) -> Any:
         """``await call(url)`` until it succeeds, attempt ``k`` going to ``urls[k % len(urls)]``."""
@@ -366,6 +419,17 @@ async def _gather_or_cancel(jobs: list[Awaitable[Any]]) -> list[Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _drive(loop: asyncio.AbstractEventLoop, sender: asyncio.Task[None]) -> None:
+    """Run ``sender`` to its end on ``loop`` (in the stream's thread); its outcome reaches the consumer
+    through the answers, so a cancellation ends here quietly."""
+    try:
+        loop.run_until_complete(sender)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
 
 
 async def _server_version(client: httpx.AsyncClient, base_url: str) -> str | None:

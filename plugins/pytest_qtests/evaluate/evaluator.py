@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from pytest_qtests.engines.slot import EngineSlot
@@ -34,7 +35,7 @@ from pytest_qtests.evaluate.looks import SequentialRun, generate_in_looks, refer
 from pytest_qtests.evaluate.rendering import Message, PromptRenderer
 from pytest_qtests.settings import RunConfig
 from pytest_qtests.records import GenerationRecord, GenerationRequest, ItemOutcome, QtestsError, VariantSpec
-from pytest_qtests.store.cache import GenerationCache, cached_generate, cached_score, request_keys
+from pytest_qtests.store.cache import GenerationCache, cached_score, cached_stream, request_keys
 from pytest_qtests.store.fingerprint import Fingerprint
 from pytest_qtests.store.locks import generation_lock
 from pytest_qtests.tasks.loaders import TaskData, load_task
@@ -112,13 +113,19 @@ class Evaluator:
                 for item, prompt in zip(data.items, prompts) for sample in range(self.config.repeats)]
 
     def generate(self, variant: VariantSpec, requests: Sequence[GenerationRequest], what: str) -> list[GenerationRecord]:
-        """Records for ``requests`` (any of them, in any order) on ``variant``'s engine: cached ones are
-        read back, the rest generated under the model's lock so xdist workers never generate one twice."""
+        """Records for ``requests`` (any of them, in any order) on ``variant``'s engine (:meth:`stream` to the end)."""
+        return list(self.stream(variant, requests, what))
+
+    def stream(self, variant: VariantSpec, requests: Sequence[GenerationRequest], what: str,
+               lookahead: int | None = None) -> Iterator[GenerationRecord]:
+        """Records for ``requests`` on ``variant``'s engine in request order as they are consumed
+        (:func:`cached_stream`): cached ones are read back, the rest generated under the model's lock so
+        xdist workers never generate one twice. Closing it early generates nothing more."""
         backend = self.engines.get(variant)
         identity = self.identity(variant)["hash"]
         lock_dir = self.config.cache_dir if self._cache is not None else None
         with _progress(len(requests), f"{variant.label} {what}") as progress, generation_lock(lock_dir, identity):
-            return cached_generate(self._cache, backend, list(requests), identity, progress)
+            yield from cached_stream(self._cache, backend, list(requests), identity, progress, lookahead=lookahead)
 
     def scorer(self, variant: VariantSpec) -> Callable[[Sequence[str]], list[TokenScores]]:
         """Teacher-forced scores of texts on ``variant``'s engine, through the cache (a re-run loads no model)."""
@@ -232,7 +239,7 @@ class Evaluator:
             requests, lambda items: self._reference_on(task_spec, items), tolerances,
             self.config.alpha / len(self.config.tasks),
             self.config.gate_mode, self.config.sampling.seed,
-            lambda look: self.generate(variant, look, "look"),
+            lambda looks: self._look_records(variant, looks),
             lambda records, asked: grade_records(data, records, asked, thresholds))
 
     @property
@@ -259,6 +266,20 @@ class Evaluator:
                 record_keys=run.record_keys + self.record_keys(reference, asked))
         wanted = set(items)
         return [outcome for outcome in run.outcomes if outcome.item_id in wanted]
+
+    def _look_records(self, variant: VariantSpec,
+                      looks: list[list[GenerationRequest]]) -> Iterator[list[GenerationRecord]]:
+        """Each look's records in turn. An engine that streams gets every look through one rolling window
+        (the next look's requests go out while this look's slowest answers run, at most a look and the
+        engine's concurrency past what the gate has seen); any other engine one batch per look."""
+        if not self.engines.get(variant).capabilities.streams:
+            for look in looks:
+                yield self.generate(variant, look, "look")
+            return
+        asked = [request for look in looks for request in look]
+        with closing(self.stream(variant, asked, "looks", lookahead=max(map(len, looks)))) as records:
+            for look in looks:
+                yield list(islice(records, len(look)))
 
     def reference_canary_scores(self, task_spec: str) -> ReferenceScores:
         """The reference's canary texts and its scores of them, once per task (:func:`score_reference_canary`).

@@ -1,16 +1,18 @@
 """``--stop-early``: generate a variant look by look in the run's seeded order, stop once its checks are decided.
 
-The evaluator hands this module its two seams (generate requests through the cache, grade records),
-so a look costs what the engine charges for that many requests and nothing more: the transformers
-engine batches within a look (looks are at least a batch on real suites, see ``look_ends``), cached
-records are read back, and every repeat of an item sits in the item's look. What is never asked for is
-never generated.
+The evaluator hands this module its two seams (each look's records through the cache, grade records),
+so a look costs what the engine charges for that many requests and little more: an engine that streams
+(a served one) keeps a rolling window of requests in the seeded order across the looks, a look and
+its concurrency past what the gate has seen at most, so it never idles at a look's end; the others batch within a look (looks are
+at least a batch on real suites, see ``look_ends``); cached records are read back, and every repeat of an
+item sits in the item's look. The run's records are exactly those of the looks the gate saw.
 """
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -129,13 +131,16 @@ def generate_in_looks(
     alpha: float,
     mode: str,
     seed: int,
-    generate: Callable[[list[GenerationRequest]], list[GenerationRecord]],
+    generate_looks: Callable[[list[list[GenerationRequest]]], Iterator[list[GenerationRecord]]],
     grade: Callable[[list[GenerationRecord], list[GenerationRequest]], list[ItemOutcome]],
 ) -> tuple[list[GenerationRequest], list[GenerationRecord], list[ItemOutcome], SequentialRun]:
     """Generate and grade look by look until the variant's verdict is settled (:attr:`SequentialGate.settled`)
     or the items run out.
 
-    ``reference(items)`` gives the reference's outcomes on a look's items (generating those it lacks).
+    ``reference(items)`` gives the reference's outcomes on a look's items (generating those it lacks);
+    ``generate_looks(looks)`` yields each look's records in turn; it is closed when the gate settles, so
+    whatever it has not yet generated never is.
+
     Returns the requests asked, their records and outcomes (in look order) and the run's account.
     Relative rate tolerances (``accuracy:-2%``) take the reference's rate on the items seen so far.
     """
@@ -150,31 +155,31 @@ def generate_in_looks(
     asked: list[GenerationRequest] = []
     records: list[GenerationRecord] = []
     outcomes: list[ItemOutcome] = []
+    item_looks = [order[start:end] for start, end in zip([0, *ends], ends)]
+    looks = [[request for item in items for request in by_item[item]] for items in item_looks]
     start = 0
-    for end in ends:
-        items = order[start:end]
-        look = [request for item in items for request in by_item[item]]
-        for outcome in reference(items):
-            reference_of.setdefault(outcome.item_id, []).append(outcome)
-        look_records = generate(look)
-        look_outcomes = grade(look_records, look)
-        asked += look
-        records += look_records
-        outcomes += look_outcomes
-        seen = order[:end]
-        ref_seen = [o for item in seen for o in reference_of.get(item, [])]
-        rates = {name: float(np.mean([getattr(o, CHECK_SPECS[name].outcome_field) for o in ref_seen]))
-                 for name in names if CHECK_SPECS[name].kind == "rate"}
-        ref_look = [o for item in items for o in reference_of.get(item, [])]
-        differences = [
-            paired_differences(CHECK_SPECS[name].kind, _per_item(ref_look, CHECK_SPECS[name].outcome_field, items),
-                               _per_item(look_outcomes, CHECK_SPECS[name].outcome_field, items))
-            for name in names
-        ]
-        gate.observe(differences, [check.margin for check in sequential_checks(tolerances, rates)])
-        start = end
-        if gate.settled:
-            break
+    with closing(generate_looks(looks)) as generated:
+        for end, items, look, look_records in zip(ends, item_looks, looks, generated):
+            for outcome in reference(items):
+                reference_of.setdefault(outcome.item_id, []).append(outcome)
+            look_outcomes = grade(look_records, look)
+            asked += look
+            records += look_records
+            outcomes += look_outcomes
+            seen = order[:end]
+            ref_seen = [o for item in seen for o in reference_of.get(item, [])]
+            rates = {name: float(np.mean([getattr(o, CHECK_SPECS[name].outcome_field) for o in ref_seen]))
+                     for name in names if CHECK_SPECS[name].kind == "rate"}
+            ref_look = [o for item in items for o in reference_of.get(item, [])]
+            differences = [
+                paired_differences(CHECK_SPECS[name].kind, _per_item(ref_look, CHECK_SPECS[name].outcome_field, items),
+                                   _per_item(look_outcomes, CHECK_SPECS[name].outcome_field, items))
+                for name in names
+            ]
+            gate.observe(differences, [check.margin for check in sequential_checks(tolerances, rates)])
+            start = end
+            if gate.settled:
+                break
     run = SequentialRun(
         items_planned=len(order), items_evaluated=start, looks_planned=len(ends), looks_used=gate.looks, gate=gate,
         rule=stopping_rule(len(order), alpha, mode),

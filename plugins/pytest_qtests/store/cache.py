@@ -23,9 +23,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from pytest_qtests.engines.base import Backend, ProgressCallback
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
@@ -239,17 +241,40 @@ def cached_generate(
     progress: ProgressCallback | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> list[GenerationRecord]:
-    """Records for ``requests`` in request order, generating only what the cache lacks.
+    """Records for ``requests`` in request order, generating only what the cache lacks (:func:`cached_stream`
+    consumed to the end)."""
+    return list(cached_stream(cache, backend, requests, model_id_hash, progress, chunk_size))
 
-    Misses go to the backend in chunks of ``chunk_size`` (each chunk one batched ``generate`` call) and
-    each chunk is stored as soon as it returns, so a run killed midway keeps every finished chunk and a
-    rerun resumes there. Larger chunks batch better on the engine; smaller ones lose less to a kill.
-    Requests with identical keys are generated once. ``cache=None`` (``--no-cache``) generates all.
+
+def cached_stream(
+    cache: GenerationCache | None,
+    backend: Backend,
+    requests: Sequence[GenerationRequest],
+    model_id_hash: str,
+    progress: ProgressCallback | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    lookahead: int | None = None,
+) -> Iterator[GenerationRecord]:
+    """Records for ``requests`` in request order as they are consumed, generating only what the cache lacks.
+
+    Misses go to the engine in the order they are needed: streamed through its rolling window where it
+    streams (``capabilities.streams``; ``lookahead`` bounds how far past the consumer it sends, see
+    ``Backend.stream``), each record stored as it is consumed; otherwise in chunks of ``chunk_size``
+    (each chunk one batched ``generate`` call, stored as soon as it returns). A run killed midway keeps
+    every stored record and a rerun resumes there. Larger chunks batch better on the engine; smaller ones
+    lose less to a kill. Requests with identical keys are generated once. ``cache=None`` (``--no-cache``)
+    generates all, in one batch where the engine does not stream. Closing the iterator early generates
+    no more than the engine already has in flight.
     """
     if chunk_size < 1:
         raise QtestsError(f"cache chunk size must be at least 1, got {chunk_size}")
+    if not requests:
+        return
     if cache is None:
-        return backend.generate(requests, progress)
+        with closing(_generated(backend, requests, len(requests), lookahead, progress)) as chunks:
+            for chunk in chunks:
+                yield from chunk
+        return
     keys = request_keys(model_id_hash, backend.engine_version(), requests)
     found = cache.get_many(keys)
     hits = sum(1 for key in keys if key in found)
@@ -260,23 +285,42 @@ def cached_generate(
     for key, request in zip(keys, requests):
         if key not in found:
             misses.setdefault(key, request)
-    miss_keys = list(misses)
-    for start in range(0, len(miss_keys), chunk_size):
-        chunk_keys = miss_keys[start : start + chunk_size]
-        chunk = [misses[key] for key in chunk_keys]
-        records = backend.generate(chunk, progress)
-        _check_alignment(backend, chunk, records)
-        cache.put_many(zip(chunk_keys, records))
-        found.update(zip(chunk_keys, records))
-    repeated = len(requests) - hits - len(miss_keys)  # requests served by another request's generation
+    miss_keys = iter(list(misses))
+    with closing(_generated(backend, list(misses.values()), chunk_size, lookahead, progress)) as chunks:
+        for key, request in zip(keys, requests):
+            # misses are generated in the order they are first needed, so the next chunks hold this one
+            while key not in found:
+                records = next(chunks, None)
+                if records is None:
+                    raise RuntimeError(f"backend {backend.name} ended before request {request.item_id}#"
+                                       f"{request.sample_index}: it must return a record for every request")
+                chunk_keys = list(islice(miss_keys, len(records)))
+                cache.put_many(zip(chunk_keys, records))
+                found.update(zip(chunk_keys, records))
+            # A cached record may have been made for another item with the same prompt: label it as this one.
+            yield replace(found[key], item_id=request.item_id, sample_index=request.sample_index)
+    repeated = len(requests) - hits - len(misses)  # requests served by another request's generation
     if progress and repeated:
         progress(repeated)
 
-    # A cached record may have been made for another item with the same prompt: label it as this one.
-    return [
-        replace(found[key], item_id=request.item_id, sample_index=request.sample_index)
-        for key, request in zip(keys, requests)
-    ]
+
+def _generated(backend: Backend, requests: list[GenerationRequest], chunk_size: int, lookahead: int | None,
+               progress: ProgressCallback | None) -> Iterator[list[GenerationRecord]]:
+    """The engine's records for ``requests`` in request order, a chunk at a time: one record at a time from
+    an engine that streams, one ``generate`` batch of ``chunk_size`` otherwise."""
+    if not requests:
+        return
+    if backend.capabilities.streams:
+        with closing(backend.stream(requests, lookahead, progress)) as records:
+            for request, record in zip(requests, records):
+                _check_alignment(backend, [request], [record])
+                yield [record]
+        return
+    for start in range(0, len(requests), chunk_size):
+        chunk = requests[start : start + chunk_size]
+        records = backend.generate(chunk, progress)
+        _check_alignment(backend, chunk, records)
+        yield records
 
 
 def cached_score(cache: GenerationCache | None, backend: Backend, texts: Sequence[str],
