@@ -227,7 +227,7 @@ def check_group_size(model: Any, settings: QuantizeSettings, kept: list[str]) ->
     if group == -1:
         return
     kept_names = set(kept)
-    misfits = {}
+    misfits: dict[str, int] = {}  # module name -> its input size
     for name, module in model.named_modules():
         if name in kept_names or classify(name) == LM_HEAD:
             continue
