@@ -10,6 +10,8 @@ judge, not how good it is. The integer schemes are built in groups of 64: the zo
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
@@ -79,13 +81,15 @@ def test_groups_that_do_not_divide_a_layer_are_refused_before_quantizing(tmp_pat
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     """Each offered combination, built with the CLI's defaults but for calibration size and the zoo's group
-    size (``--seqlen`` stays at its default 2048: clamped to the zoo's context of 512)."""
+    size (``--seqlen`` stays at its default 2048: clamped to the zoo's context of 512). Two builds at a time
+    in fresh processes: auto-round's RTN is single-threaded for most of a build (~50 s each on this CPU)."""
     root = tmp_path_factory.mktemp("roundtrip")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        for combination in OFFERED:
-            provenance = quantize(REFERENCE, root / label(*combination), settings(*combination), CALIBRATION)
-            assert provenance["settings"]["seqlen"] == 512
+        patch.setenv("HF_HUB_OFFLINE", "1")  # before the pool starts: the workers inherit it
+        with ProcessPoolExecutor(2, get_context("spawn")) as pool:
+            provenances = list(pool.map(quantize, [REFERENCE] * len(OFFERED), [root / label(*c) for c in OFFERED],
+                                        [settings(*c) for c in OFFERED], [CALIBRATION] * len(OFFERED)))
+    assert {provenance["settings"]["seqlen"] for provenance in provenances} == {512}
     return {label(*combination): root / label(*combination) for combination in OFFERED}
 
 
