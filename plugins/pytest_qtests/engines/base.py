@@ -42,9 +42,10 @@ class EngineCapabilities:
     continuation: bool = False
     """``generate`` continues a request's partial output (``--extend-truncated``)."""
     streams: bool = False
-    """``Backend.stream(requests, lookahead)`` works: a rolling window of requests (a served engine), so a
-    caller that consumes records a few at a time (``--stop-early``'s looks) keeps the engine busy across its
-    own boundaries. Without, such a caller sends one ``generate`` batch at a time."""
+    """``Backend.stream(requests, lookahead)`` works: a rolling window of requests (a served engine, or an
+    offline one qtests steps itself), so a caller that consumes records a few at a time (``--stop-early``'s
+    looks) keeps the engine busy across its own boundaries. Without, such a caller sends one ``generate``
+    batch at a time."""
 
 
 class Backend(Protocol):

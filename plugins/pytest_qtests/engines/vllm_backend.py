@@ -1,6 +1,7 @@
-"""vLLM backend: the offline ``vllm.LLM`` engine, every request submitted in one ``generate`` call.
+"""vLLM backend: the offline ``vllm.LLM`` engine, fed through its step API.
 
-vLLM schedules and batches by itself, so qtests never loops over prompts: one call with one
+vLLM schedules and batches by itself, so qtests never loops over prompts: requests are added to the
+engine (a ``generate`` call adds them all at once, a ``stream`` keeps a rolling window of them), one
 ``SamplingParams`` per request (each with the request's own seed, so a repeat is reproducible
 independently of batching). Prompts are tokenized here, without special tokens, and passed as token
 ids: the chat template already wrote every special token, and transformers scores the same ids.
@@ -14,7 +15,6 @@ while the engine loads, and a load failure is reported with the child's own erro
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import re
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pytest_qtests.records import GenerationRecord, GenerationRequest, QtestsError, VariantSpec
 from pytest_qtests.engines.teacher_forcing import TOP_K, TokenScores
@@ -244,38 +244,11 @@ class OutputTee:
             os.close(original)
 
 
-class _Discard(io.TextIOBase):
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-def _progress_bar(progress: ProgressCallback):
-    """A tqdm class for ``LLM.generate(use_tqdm=...)`` that reports each finished request to qtests'
-    own progress bar and draws nowhere.
-
-    vLLM makes two kinds of bars from it: ones wrapping an iterable (rendering prompts) and the one
-    counting finished requests, made with ``total=`` only and advanced by ``update(1)`` per request;
-    only the latter reports. It stays enabled because vLLM reads its elapsed time.
-    """
-    from tqdm import tqdm
-
-    class ReportingBar(tqdm):
-        def __init__(self, iterable: Any = None, *args: Any, **kwargs: Any):
-            self._counts_requests = iterable is None
-            super().__init__(iterable, *args, **kwargs, file=_Discard())
-
-        def update(self, n: float | None = 1) -> bool | None:
-            if self._counts_requests:
-                progress(int(n or 0))
-            return super().update(n)
-
-    return ReportingBar
-
-
 def _sampling_params(request: GenerationRequest) -> Any:
     """vLLM's sampling parameters for one request; settings vLLM refuses become a one-line user error."""
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import RequestOutputKind
 
     sampling = request.sampling
     try:
@@ -287,17 +260,42 @@ def _sampling_params(request: GenerationRequest) -> Any:
             min_p=sampling.min_p,
             max_tokens=sampling.max_tokens,
             seed=request.seed,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # a finished request's output only, as LLM.generate asks
         )
     except (VLLMValidationError, ValueError) as error:
         raise QtestsError(f"vllm refuses the sampling settings of item {request.item_id}: {error}; "
                           "change the sampling preset or --max-tokens") from None
 
 
+def _record(request: GenerationRequest, output: Any, latency_s: float, close_id: int | None) -> GenerationRecord:
+    """The record of one finished ``RequestOutput``."""
+    completion = output.outputs[0]
+    return make_record(request, completion.text, len(output.prompt_token_ids), list(completion.token_ids),
+                       str(completion.finish_reason), latency_s, close_id)
+
+
+def stream_window(lookahead: int | None, max_num_seqs: int, count: int) -> int:
+    """How many requests :meth:`VLLMBackend.stream` keeps added past the oldest record not yet consumed:
+    ``lookahead`` plus one more ``lookahead`` (at most the engine's ``max_num_seqs``, all it runs at once);
+    every request when ``lookahead`` is None.
+
+    ``lookahead`` records may wait for the consumer (a look being judged) while as many more run: when the
+    current look's slowest answers hold the head, the next look's requests keep the batch full. More than
+    that would fill slots only once a whole further look is done, and every request past the look where
+    the verdict settles is generated to be aborted; on a CPU each sequence in the batch costs its share of
+    compute. Never less than 1, so the head of the window is always in the engine.
+    """
+    if lookahead is None:
+        return count
+    return max(1, lookahead + min(lookahead, max_num_seqs))
+
+
 class VLLMBackend:
     """:class:`~pytest_qtests.engines.base.Backend` on vLLM's offline engine (CPU or GPU build)."""
 
     name = "vllm"
-    capabilities = EngineCapabilities(renders_prompts=True, teacher_forced_scoring=True, continuation=True)
+    capabilities = EngineCapabilities(renders_prompts=True, teacher_forced_scoring=True, continuation=True,
+                                      streams=True)
 
     def __init__(self, spec: VariantSpec, engine_args: dict[str, EngineArgValue] | None = None,
                  dtype: str = "bfloat16"):
@@ -395,29 +393,62 @@ class VLLMBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
     ) -> list[GenerationRecord]:
-        from vllm import TokensPrompt
+        """Every request submitted at once (vLLM batches and schedules them itself): :meth:`stream` with
+        no window, so both build their records in one place."""
+        return list(self.stream(requests, None, progress))
 
+    def stream(
+        self, requests: Sequence[GenerationRequest], lookahead: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[GenerationRecord]:
+        """Records in request order through a rolling window on vLLM's step API: requests are added in
+        order, never more than :func:`stream_window` past the oldest record not yet consumed, and the engine
+        is stepped until that record is finished; records finished ahead of it wait in a buffer. The engine
+        core runs in its own process, so it keeps generating while the consumer works on what it has.
+
+        Every request's sampling settings are checked before any is sent. The KV cache (on a CPU) is sized
+        for the whole request list, as one batch would need: the engine is started once per variant and
+        kept, and the list is what this call may go through (and what the next call on this variant, a
+        batch, is of a similar size). ``latency_s`` is a request's own time in the engine: from being added
+        to its finished output coming out of a step (a request that finished while the consumer held the
+        stream is counted until the stream next steps). Closing the iterator aborts every request still
+        unfinished, so the engine is idle and clean for the next call.
+        """
+        from vllm.inputs import tokens_input
+
+        params = [_sampling_params(r) for r in requests]
         # before the engine starts, self.tokenizer is the same tokenizer: the ids size the KV cache
         token_ids = [prompt_token_ids(self.tokenizer, r) for r in requests]
         llm = self._load(sum(len(ids) + r.sampling.max_tokens for ids, r in zip(token_ids, requests)))
         if not requests:
-            return []
-        tokenizer = llm.get_tokenizer()
-        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
-        params = [_sampling_params(r) for r in requests]
-        started = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=_progress_bar(progress) if progress else True)
-        latency = (time.perf_counter() - started) / len(requests)  # batched: per-request share of the wall time
-        close_id = think_close_id(tokenizer)
-        records = []
-        for request, output in zip(requests, outputs):
-            completion = output.outputs[0]
-            token_ids = list(completion.token_ids)
-            records.append(make_record(
-                request, completion.text, len(output.prompt_token_ids), token_ids,
-                str(completion.finish_reason), latency, close_id,
-            ))
-        return records
+            return
+        engine = llm.llm_engine
+        window = stream_window(lookahead, engine.vllm_config.scheduler_config.max_num_seqs, len(requests))
+        close_id = think_close_id(llm.get_tokenizer())
+        in_engine: dict[str, int] = {}  # request id (as outputs carry it) -> index, for those added, not finished
+        added_at: list[float] = []
+        finished: dict[int, GenerationRecord] = {}
+        try:
+            for index, request in enumerate(requests):
+                start, stop = len(added_at), min(len(requests), index + window)
+                for added in range(start, stop):
+                    # the LLM's own request counter: ids never collide with its generate calls (score's)
+                    request_id = str(next(llm.request_counter))
+                    engine.add_request(request_id, tokens_input(token_ids[added]), params[added])
+                    in_engine[request_id] = added
+                    added_at.append(time.perf_counter())
+                while index not in finished:
+                    for output in engine.step():
+                        if output.finished:
+                            done = in_engine.pop(output.request_id)
+                            finished[done] = _record(requests[done], output, time.perf_counter() - added_at[done],
+                                                     close_id)
+                            if progress:
+                                progress(1)
+                yield finished.pop(index)
+        finally:
+            if in_engine:
+                engine.abort_request(list(in_engine))
 
     def score(self, texts: Sequence[str], top_k: int = TOP_K) -> list[TokenScores]:
         """Teacher-forced log-probs of each text's tokens after the first, via ``prompt_logprobs``."""
