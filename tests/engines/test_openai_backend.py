@@ -189,6 +189,31 @@ def test_stop_early_through_the_plugin_sends_the_variant_at_most_its_window_past
     assert sequential["items_evaluated"] <= asked["org/var"] <= sequential["items_evaluated"] + window
 
 
+def test_stop_early_grows_the_reference_between_streamed_stretches(pytester, monkeypatch):
+    """Non-inferiority at zero margins never decides two identical models, so the variant runs to the end
+    and the reference on demand grows three times (64 -> 128 -> 256 -> 320 items). Each growth swaps the one
+    engine slot to the reference, so the variant's stream stops at the edge of what the reference covers
+    and a new one starts after: the run completes with every item asked exactly once of each model."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with FakeOpenAIServer(models=("org/ref", "org/var")) as server:
+        result = pytester.runpytest_subprocess(
+            "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "openai", "--base-url", server.base_url,
+            "--tasks", "zoo", "--limit", "320", "--canary", "0", "--stop-early", "--no-cache", "--reference", "ref=org/ref",
+            "--model", "var=org/var", "--gate-mode", "non-inferiority",
+            "--fail-on", "accuracy:-0pp,truncation:+0pp,length:1.0x,degenerate:+0pp", "--qt-report", "report",
+            timeout=300)
+        asked = Counter(entry["body"]["model"] for entry in server.received)
+        arrivals = [(entry["body"]["model"], entry["arrived"]) for entry in server.received]
+    assert "Traceback" not in result.stdout.str()
+    runs = {run["variant"]: run for run in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
+    assert runs["var"]["sequential"]["stopped"] == "end of the items" and runs["ref"]["items_evaluated"] == 320
+    assert asked == {"org/ref": 320, "org/var": 320}
+    # the reference was asked in four runs (its head, then three growths), none overlapping the variant's
+    models = [model for model, _ in sorted(arrivals, key=lambda arrival: arrival[1])]
+    switches = sum(1 for a, b in zip(models, models[1:]) if a != b)
+    assert switches == 2 * 3 + 1  # ref head | var | ref | var | ref | var | ref | var
+
+
 # -- faults --------------------------------------------------------------------------------------------
 
 def test_server_down_is_a_clear_error_after_quick_retries():

@@ -239,7 +239,7 @@ class Evaluator:
             requests, lambda items: self._reference_on(task_spec, items), tolerances,
             self.config.alpha / len(self.config.tasks),
             self.config.gate_mode, self.config.sampling.seed,
-            lambda looks: self._look_records(variant, looks),
+            lambda looks: self._look_records(variant, task_spec, looks),
             lambda records, asked: grade_records(data, records, asked, thresholds))
 
     @property
@@ -267,19 +267,36 @@ class Evaluator:
         wanted = set(items)
         return [outcome for outcome in run.outcomes if outcome.item_id in wanted]
 
-    def _look_records(self, variant: VariantSpec,
+    def _look_records(self, variant: VariantSpec, task_spec: str,
                       looks: list[list[GenerationRequest]]) -> Iterator[list[GenerationRecord]]:
-        """Each look's records in turn. An engine that streams gets every look through one rolling window
-        (the next look's requests go out while this look's slowest answers run, at most a look and the
-        engine's concurrency past what the gate has seen); any other engine one batch per look."""
+        """Each look's records in turn. An engine that streams gets the looks through a rolling window (the
+        next look's requests go out while this look's slowest answers run, at most a look and the engine's
+        concurrency past what the gate has seen); any other engine one batch per look.
+
+        A stream never spans a growth of the reference on demand: the reference's engine takes the one
+        slot, which would close the variant's with requests in flight. So the looks stream in stretches
+        the reference already covers, and the reference grows between two stretches (a few times per task).
+        """
         if not self.engines.get(variant).capabilities.streams:
             for look in looks:
                 yield self.generate(variant, look, "look")
             return
-        asked = [request for look in looks for request in look]
-        with closing(self.stream(variant, asked, "looks", lookahead=max(map(len, looks)))) as records:
-            for look in looks:
-                yield list(islice(records, len(look)))
+        assert self.config.reference is not None
+        start = 0
+        while start < len(looks):
+            covered = {outcome.item_id for outcome in self.run(self.config.reference, task_spec).outcomes}
+            end = start
+            while end < len(looks) and all(request.item_id in covered for request in looks[end]):
+                end += 1
+            if end == start:  # the next look needs reference items not generated yet: grow the reference first
+                self._reference_on(task_spec, [request.item_id for request in looks[start]])
+                continue
+            stretch = looks[start:end]
+            asked = [request for look in stretch for request in look]
+            with closing(self.stream(variant, asked, "looks", lookahead=max(map(len, stretch)))) as records:
+                for look in stretch:
+                    yield list(islice(records, len(look)))
+            start = end
 
     def reference_canary_scores(self, task_spec: str) -> ReferenceScores:
         """The reference's canary texts and its scores of them, once per task (:func:`score_reference_canary`).
