@@ -60,15 +60,23 @@ def gate_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def pytest_command(*args: str) -> list[str]:
+    """``pytest ARGS`` as a user runs it, quiet, with a cache directory of its own."""
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cache-dir", "cache", *args]
+
+
 def gate_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "--pyargs", "qtests", "-p", "no:cacheprovider", "-q",
-            "--cache-dir", "cache", *args]
+    return pytest_command("--pyargs", "qtests", *args)
+
+
+def run_pytest(cwd: Path, *args: str, timeout: float = 300, **env: str) -> Run:
+    done = subprocess.run(pytest_command(*args), cwd=cwd, env=gate_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+    return Run(done.returncode, done.stdout, done.stderr)
 
 
 def run_gate(cwd: Path, *args: str, timeout: float = 300, **env: str) -> Run:
-    done = subprocess.run(gate_command(*args), cwd=cwd, env=gate_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
-    return Run(done.returncode, done.stdout, done.stderr)
+    return run_pytest(cwd, "--pyargs", "qtests", *args, timeout=timeout, **env)
 
 
 def files_in(root: Path) -> set[str]:
@@ -252,10 +260,7 @@ def test_bad_hook_in_a_conftest_is_refused_in_one_line(work, case):
     conftest, line = HOOK_CONFTESTS[case]
     (work / "conftest.py").write_text(conftest)
     before = files_in(work)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cache-dir", "cache",
-                           *REPLAY], cwd=work, env=gate_env(PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
-                          timeout=300)
-    assert_usage_error(Run(done.returncode, done.stdout, done.stderr), line.format(cwd=work))
+    assert_usage_error(run_pytest(work, *REPLAY, PYTHONDONTWRITEBYTECODE="1"), line.format(cwd=work))
     assert files_in(work) == before
 
 
@@ -276,10 +281,7 @@ def test_a_users_test_misusing_qt_model_fails_in_one_line(work, case):
     """The user's own test calls ``qt_model`` wrongly: that test fails with qtests' line, no traceback."""
     call, line = USER_TESTS[case]
     (work / "test_mine.py").write_text(f"def test_mine(qt_model):\n    if not qt_model.is_reference:\n        {call}\n")
-    done = subprocess.run([sys.executable, "-m", "pytest", "test_mine.py", "-p", "no:cacheprovider", "-q",
-                           "--cache-dir", "cache", "--no-gate", *REPLAY], cwd=work, env=gate_env(),
-                          capture_output=True, text=True, timeout=300)
-    run = Run(done.returncode, done.stdout, done.stderr)
+    run = run_pytest(work, "test_mine.py", "--no-gate", *REPLAY)
     assert run.returncode == 1, run.stdout[-2000:]
     assert f"qtests: {line}" in run.stdout.splitlines(), run.stdout[-2000:]
     assert "1 failed, 1 passed" in run.stdout and "models.py" not in run.stdout

@@ -149,11 +149,12 @@ def test_gold_answers_replayed_as_the_model_and_as_lm_eval_samples_grade_alike(p
     assert "PASSED qtests/test_gate.py::test_accuracy[lmeval-gsm8k]" in gated.stdout.str()
 
 
-def _stop_early_gsm8k(pytester: pytest.Pytester, variant: str, make) -> tuple[pytest.RunResult, dict[str, dict]]:
-    """``--stop-early`` over all 1319 GSM8K items, model A (replayed) the live reference; the runs by model."""
+def _stop_early_gsm8k(pytester: pytest.Pytester, variant: str, make) -> tuple[pytest.RunResult, dict[str, dict], int]:
+    """``--stop-early`` over all 1319 GSM8K items, model A (replayed) the live reference: the run, its runs by
+    model, and the items model A gets right and the variant does not, net (counted from the files)."""
     rows = gsm8k_rows(1319)
-    write_replay(pytester.path / "a.jsonl", rows, a_output)
-    write_replay(pytester.path / "v.jsonl", rows, make)
+    a_correct, _ = hand_count(rows, write_replay(pytester.path / "a.jsonl", rows, a_output))
+    v_correct, _ = hand_count(rows, write_replay(pytester.path / "v.jsonl", rows, make))
     result = pytester.runpytest_subprocess(
         "--pyargs", "qtests", "-p", "no:cacheprovider", "--backend", "replay", "--tasks", f"gsm8k={GSM8K}",
         "--limit", "1319", "--max-tokens", str(MAX_TOKENS), "--stop-early", "--canary", "0",
@@ -161,7 +162,7 @@ def _stop_early_gsm8k(pytester: pytest.Pytester, variant: str, make) -> tuple[py
         "--replay", "model-a=a.jsonl", "--replay", f"{variant}=v.jsonl", "--qt-report", "report", "-rs", timeout=300)
     assert "Traceback" not in result.stdout.str()
     runs = {r["variant"]: r for r in json.loads((pytester.path / "report" / "results.json").read_text())["runs"]}
-    return result, runs
+    return result, runs, sum(a_correct) - sum(v_correct)
 
 
 @pytest.mark.parametrize(("variant", "make", "fails"), [("model-b", b_output, True), ("model-c", c_output, True),
@@ -172,14 +173,8 @@ def test_stop_early_decides_a_10_point_loss_within_a_fifth_of_gsm8k_and_passes_a
     than model A is decided FAIL after at most 20% of the items; model A against itself raises no false
     alarm and stops long before the end (no FAIL within reach). The reference generates its head only."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rows = gsm8k_rows(1319)
-    a_correct, _ = hand_count(rows, [{"id": str(i), "output": a_output(i, row["answer"])[0],
-                                      "finish_reason": "stop"} for i, row in enumerate(rows)])
-    v_correct, _ = hand_count(rows, [dict(zip(("output", "finish_reason"), make(i, row["answer"])), id=str(i))
-                                     for i, row in enumerate(rows)])
-    assert (sum(a_correct) - sum(v_correct)) / 1319 >= (0.10 if fails else 0.0) - 1e-9
-
-    result, runs = _stop_early_gsm8k(pytester, variant, make)
+    result, runs, lost = _stop_early_gsm8k(pytester, variant, make)
+    assert lost / 1319 >= (0.10 if fails else 0.0) - 1e-9  # the pairs are what their names say
     output = result.stdout.str()
     assert result.ret == (1 if fails else 0), output[-3000:]
     run = runs[variant]
@@ -205,7 +200,7 @@ def test_stop_early_extends_the_reference_only_as_far_as_a_variant_needs_it(pyte
     """Model D (5 points lost, a 2 pp margin) needs more looks than the reference's head of 264 items: the
     reference grows once, to twice its prefix (528 items), and never generates the other 791."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result, runs = _stop_early_gsm8k(pytester, "model-d", d_output)
+    result, runs, _ = _stop_early_gsm8k(pytester, "model-d", d_output)
     assert result.ret == 1
     variant, reference = runs["model-d"], runs["model-a"]
     assert 4 * 66 < variant["items_evaluated"] <= reference["items_evaluated"] == 2 * 4 * 66 < 1319

@@ -1,13 +1,15 @@
-"""``--stop-early``'s reference on demand: which reference items are generated first, and how it grows."""
+"""``--stop-early``'s looks: the reference on demand (what is generated first, how it grows) and the checks
+a FAIL left unjudged."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_qtests.evaluate.canary_scoring import canary_requests
-from pytest_qtests.evaluate.looks import reference_extension, reference_head
-from pytest_qtests.gate.sequential import FUTILITY_FROM, look_ends, seeded_order
+from pytest_qtests.evaluate.looks import SequentialRun, reference_extension, reference_head
+from pytest_qtests.gate.sequential import FUTILITY_FROM, SequentialCheck, SequentialGate, look_ends, seeded_order
 from pytest_qtests.records import GenerationRequest, SamplingParams
 
 SETTINGS = settings(max_examples=80, deadline=None)
@@ -53,3 +55,20 @@ def test_an_extension_covers_what_is_needed_and_at_least_doubles_the_prefix(n_it
     covered = next((i for i, item in enumerate(order) if item not in grown), n_items)
     assert covered >= min(n_items, 2 * prefix)  # doubling: at most log2(items / head) engine swaps
     assert new == [item for item in order if item in set(new)]  # in the seeded order
+
+
+def _failed_run(n_items: int, items_seen: int) -> SequentialRun:
+    """Accuracy 100 points down, truncation unchanged, seen look by look up to ``items_seen`` items."""
+    checks = [SequentialCheck("accuracy", "lower", -0.02), SequentialCheck("truncation", "higher", 0.05)]
+    gate = SequentialGate(checks, 0.05, items_planned=n_items)
+    gate.observe([np.full(items_seen, -1.0), np.zeros(items_seen)])
+    return SequentialRun(n_items, items_seen, 1, 1, gate, "rule")
+
+
+def test_a_check_left_open_by_an_early_fail_is_not_judged_but_one_the_end_reached_is():
+    early = _failed_run(320, 64)
+    assert early.gate.failed == ["accuracy"] and early.not_judged("accuracy") is None
+    assert early.not_judged("truncation") == ("truncation not judged: --stop-early stopped after 64 of 320 items at "
+                                              "the variant's first FAIL (accuracy); run with --no-stop-early to "
+                                              "judge every check")
+    assert _failed_run(64, 64).not_judged("truncation") is None  # the end: the fixed-n test judges it

@@ -54,11 +54,11 @@ class SequentialRun:
         the run stopped looking at it on purpose, it did not look and fail to tell.
         """
         state = next((s for s in self.gate.states if s.check.name == check), None)
-        if state is None or state.verdict is not None or self.gate.stop_reason != "a check failed":
+        if state is None or state.verdict is not None or not (self.gate.failed and self.gate.stopped_early):
             return None
-        failed = ", ".join(s.check.name for s in self.gate.states if s.verdict == "FAIL")
         return (f"{check} not judged: --stop-early stopped after {self.items_evaluated} of {self.items_planned} "
-                f"items at the variant's first FAIL ({failed}); run with --no-stop-early to judge every check")
+                f"items at the variant's first FAIL ({', '.join(self.gate.failed)}); run with --no-stop-early to "
+                "judge every check")
 
     def to_dict(self) -> dict[str, Any]:
         return {"items_planned": self.items_planned, "items_evaluated": self.items_evaluated,

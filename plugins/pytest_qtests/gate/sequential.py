@@ -32,7 +32,8 @@ PASS or INCONCLUSIVE, and this mode passes both, so the items left cannot change
 variant turns worse from here on than it was so far. That futility stop is *non-binding* in the
 trials sense: it only ever ends a run without a FAIL, so it cannot add a false alarm; what it costs is
 power against a harm the first items hide, measured in ``benchmarks/power.py --sequential``
-(BENCHMARKS.md section 5). Checks open at a stop go to the fixed-n test on the items seen.
+(BENCHMARKS.md section 5). Checks open at a stop before the end of the items stay on their sequences
+(INCONCLUSIVE, valid at any stop); only at the end does the fixed-n test decide them.
 
 Error budget: each check ``j`` has a level ``a_j`` from :mod:`pytest_qtests.gate.gatekeeping` (evidence
 of harm: accuracy-first weighted Holm; non-inferiority: ``alpha`` each, as every claim must hold).
@@ -246,10 +247,14 @@ class SequentialGate:
         return all(state.verdict is not None for state in self.states)
 
     @property
+    def failed(self) -> list[str]:
+        """The checks whose sequence showed harm, in family order."""
+        return [s.check.name for s in self.states if s.verdict == "FAIL"]
+
+    @property
     def settled(self) -> bool:
         """Whether the variant's verdict is settled: a check FAILed, or every check is decided or out of reach of a FAIL."""
-        return any(s.verdict == "FAIL" for s in self.states) or all(
-            s.verdict is not None or s.out_of_reach for s in self.states)
+        return bool(self.failed) or all(s.verdict is not None or s.out_of_reach for s in self.states)
 
     @property
     def stopped_early(self) -> bool:
@@ -259,7 +264,7 @@ class SequentialGate:
     @property
     def stop_reason(self) -> str:
         """Why the run stopped (or would stop) here, for reports."""
-        if any(s.verdict == "FAIL" for s in self.states):
+        if self.failed:
             return "a check failed"
         if self.decided:
             return "every check decided"
